@@ -1,0 +1,102 @@
+import math
+
+import torch
+
+from training.model import (CapsNet, CapsNetConfig, DigitCaps, PrimaryCaps, capsule_lengths, count_parameters,
+                            margin_loss, reconstruction_loss, squash)
+
+
+def test_parameter_count_matches_the_paper():
+    model = CapsNet()
+    assert count_parameters(model) == 8_215_568
+    assert count_parameters(model) - count_parameters(model.decoder) == 6_804_224
+    assert model.digit_caps.W.numel() == 1_474_560
+
+
+def test_config_derives_the_capsule_counts():
+    cfg = CapsNetConfig()
+    assert cfg.primary_grid == 6 and cfg.num_primary == 1152
+    assert CapsNetConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_squash_keeps_direction_and_maps_length_into_unit_interval():
+    # up to |s| ~ 400: beyond that |s|^2 / (1 + |s|^2) rounds to exactly 1.0 in float32
+    s = torch.randn(1000, 16) * torch.logspace(-4, 2, 1000)[:, None]
+    v = squash(s)
+    n_s, n_v = s.norm(dim=-1), v.norm(dim=-1)
+    assert torch.all(n_v >= 0) and torch.all(n_v < 1)
+    assert torch.allclose(n_v, n_s**2 / (1 + n_s**2), rtol=1e-4, atol=1e-7)
+    cos = (s * v).sum(-1) / (n_s * n_v)
+    assert torch.allclose(cos, torch.ones_like(cos), atol=1e-5)
+
+
+def test_squash_and_length_have_no_nan_at_zero():
+    s = torch.zeros(3, 10, 16, requires_grad=True)
+    v = squash(s)
+    lengths = capsule_lengths(v)
+    lengths.sum().backward()
+    assert torch.all(v == 0)
+    assert torch.isfinite(lengths).all() and torch.isfinite(s.grad).all()
+
+
+def test_primary_capsules_group_eight_consecutive_channels():
+    cfg = CapsNetConfig()
+    caps = PrimaryCaps(cfg)
+    x = torch.randn(2, 256, 20, 20)
+    u = caps(x)
+    assert u.shape == (2, 1152, 8)
+    raw = caps.conv(x)  # (2, 256, 6, 6): capsule i = 36 t + 6 y + x holds channels 8t..8t+7 at (y, x)
+    t, y, xx = 5, 2, 3
+    assert torch.allclose(u[:, 36 * t + 6 * y + xx], squash(raw[:, 8 * t:8 * t + 8, y, xx]), atol=1e-6)
+
+
+def test_coupling_coefficients_sum_to_one_over_parents():
+    cfg = CapsNetConfig()
+    digit = DigitCaps(cfg)
+    u_hat = digit.predictions(squash(torch.randn(4, 1152, 8)))
+    assert u_hat.shape == (4, 10, 1152, 16)
+    v, c = digit.route(u_hat)
+    assert v.shape == (4, 10, 16) and c.shape == (4, 10, 1152)
+    assert torch.allclose(c.sum(1), torch.ones(4, 1152), atol=1e-5)
+    assert not torch.allclose(c, torch.full_like(c, 0.1))  # routing moved away from uniform
+
+
+def test_predictions_match_a_loop_over_pairs():
+    cfg = CapsNetConfig()
+    digit = DigitCaps(cfg)
+    u = torch.randn(2, 1152, 8)
+    u_hat = digit.predictions(u)
+    for i, j in [(0, 0), (700, 3), (1151, 9)]:
+        W_ij = digit.W[i, :, 16 * j:16 * (j + 1)].T  # (16, 8)
+        assert torch.allclose(u_hat[:, j, i], u[:, i] @ W_ij.T, atol=1e-6)
+
+
+def test_margin_loss_hand_computed():
+    lengths = torch.tensor([[0.95, 0.05, 0.5] + [0.0] * 7, [0.2, 0.3, 0.0] + [0.0] * 7])
+    target = torch.tensor([0, 1])
+    # row 0: present 0.95 >= 0.9 -> 0; absent 0.5 -> 0.5 * 0.4^2 = 0.08
+    # row 1: present 0.3 -> 0.6^2 = 0.36; absent 0.2 -> 0.5 * 0.1^2 = 0.005
+    expected = (0.08 + 0.365) / 2
+    assert math.isclose(margin_loss(lengths, target).item(), expected, rel_tol=1e-5)
+
+
+def test_reconstruction_loss_hand_computed():
+    images = torch.zeros(2, 1, 28, 28)
+    recon = torch.zeros(2, 1, 28, 28)
+    recon[0, 0, 0, :4] = 0.5  # 4 * 0.25 = 1.0
+    recon[1, 0, 5, 5] = 1.0  # 1.0
+    assert math.isclose(reconstruction_loss(recon, images).item(), 0.0005 * (1.0 + 1.0) / 2, rel_tol=1e-6)
+
+
+def test_forward_shapes_and_masking():
+    torch.manual_seed(0)
+    model = CapsNet().eval()
+    x = torch.rand(3, 1, 28, 28)
+    lengths, poses, recon = model(x)
+    assert lengths.shape == (3, 10) and poses.shape == (3, 10, 16) and recon.shape == (3, 1, 28, 28)
+    assert torch.all((recon >= 0) & (recon <= 1))
+    target = (lengths.argmax(1) + 1) % 10  # another class: the decoder must see a different capsule
+    _, _, recon_t = model(x, target)
+    assert not torch.allclose(recon, recon_t)
+    _, _, recon_same = model(x, lengths.argmax(1))
+    assert torch.allclose(recon, recon_same)
