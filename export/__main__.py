@@ -1,0 +1,39 @@
+"""python -m export: checkpoint -> artifacts/capsnet.onnx, verified against PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from export.onnx_export import DEFAULT_OPSET, VerificationError, export_and_verify, report_path
+from training.data import DEFAULT_ROOT
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, default=Path("models/capsnet-mnist.safetensors"),
+                   help="weights (.safetensors with its .json sidecar)")
+    p.add_argument("--out", type=Path, default=Path("artifacts/capsnet.onnx"), help="ONNX file to write")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
+    p.add_argument("--verify-digits", type=int, default=1000, help="test digits compared with PyTorch")
+    p.add_argument("--accuracy-digits", type=int, default=None, help="test digits for the ORT accuracy (all: 10,000)")
+    p.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="MNIST root folder")
+    args = p.parse_args(argv)
+    try:
+        report = export_and_verify(args.checkpoint, args.out, args.opset, args.verify_digits,
+                                   args.accuracy_digits, args.data)
+    except VerificationError as err:
+        print(f"export FAILED verification: {err}", file=sys.stderr)
+        return 1
+    for name, diffs in {**report["onnxruntime"], "onnx_reference": report["onnx_reference"]}.items():
+        print(f"{name:>14}: " + "  ".join(f"{k}={v:.3g}" for k, v in diffs.items()))
+    print(f"test accuracy through ONNX Runtime: {report['test_accuracy_ort']:.4%} on {report['test_digits']:,} digits")
+    print(f"wrote {args.out} and {report_path(args.out)} ({report['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Start `bentoml serve` as a real subprocess on a loopback port and wait until it is ready."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+SERVICE = "serving.service:CapsNet"
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the service exited with code {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url}/readyz not ready after {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def running_service(port: int | None = None, target: str = SERVICE, env: dict[str, str] | None = None,
+                    log: Path | None = None, timeout: float = 180) -> Iterator[str]:
+    """Yield the base URL of a `bentoml serve` process; stop its whole process group afterwards."""
+    port = port or free_port()
+    out = open(log, "w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", target, "--host", HOST, "--port", str(port)],
+        env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://{HOST}:{port}"
+    try:
+        wait_ready(url, timeout, proc)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if log:
+            out.close()

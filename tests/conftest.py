@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from training.data import DEFAULT_ROOT, ensure_mnist
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLISHED = ROOT / "models" / "capsnet-mnist.safetensors"
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    except ImportError:
+        cuda = False
+    if not cuda:
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    ensure_mnist(ROOT / DEFAULT_ROOT)
+    return ROOT / DEFAULT_ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, mnist_root) -> Path:
+    """A 1-epoch CapsNet trained on 256 digits: the checkpoint folder."""
+    from training.train import main
+
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    main(["--epochs", "1", "--limit", "256", "--test-limit", "200", "--out", str(out), "--quiet",
+          "--data", str(mnist_root), "--seed", "3"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def served_onnx(tmp_path_factory, mnist_root) -> Path:
+    """The ONNX file the service tests use: the published model if there is one, else a tiny one."""
+    from export.onnx_export import export_and_verify
+    from training.train import main
+
+    folder = tmp_path_factory.mktemp("served")
+    weights = PUBLISHED
+    if not weights.exists():
+        main(["--epochs", "1", "--limit", "256", "--test-limit", "200", "--out", str(folder / "run"), "--quiet",
+              "--data", str(mnist_root)])
+        weights = folder / "run" / "checkpoint.safetensors"
+    out = folder / "capsnet.onnx"
+    export_and_verify(weights, out, verify_digits=256, accuracy_digits=1000, data_root=mnist_root)
+    return out

@@ -1,0 +1,71 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.onnx_export import OUTPUTS, VerificationError, export_onnx, report_path, verify
+from training.checkpoint import load_weights
+from training.data import load_split
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory, mnist_root):
+    """The tiny checkpoint through the real CLI (verification included)."""
+    out = tmp_path_factory.mktemp("export") / "capsnet.onnx"
+    run = subprocess.run([sys.executable, "-m", "export", "--checkpoint", str(tiny_run / "checkpoint.safetensors"),
+                          "--out", str(out), "--accuracy-digits", "1000", "--data", str(mnist_root)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "test accuracy through ONNX Runtime" in run.stdout
+    return out
+
+
+def test_graph_is_self_contained_with_dynamic_batch_and_metadata(exported, tiny_run):
+    model = onnx.load(str(exported))
+    assert not any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
+    assert [i.name for i in model.graph.input] == ["image"]
+    assert [o.name for o in model.graph.output] == list(OUTPUTS)
+    dims = [[d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output]
+    assert dims[0][1:] == [10] and dims[1][1:] == [10, 16] and dims[2][1:] == [1, 28, 28]
+    assert isinstance(dims[0][0], str)  # symbolic batch axis
+    meta = {p.key: p.value for p in model.metadata_props}
+    info = json.loads((tiny_run / "checkpoint.json").read_text())
+    assert meta["routing_iterations"] == "3" and meta["opset"] == "18"
+    assert meta["source_sha256"] == info["sha256"]
+    assert 0.0 <= float(meta["test_accuracy_ort"]) <= 1.0 and meta["test_digits"] == "1000"
+    ops = {n.op_type for n in model.graph.node}
+    assert "MatMul" in ops and "Loop" not in ops and "Softmax" in ops  # routing unrolled, batched MatMul
+
+
+def test_verification_report_meets_tolerances(exported):
+    report = json.loads(report_path(exported).read_text())
+    assert report["passed"] and report["digits"] == 1000
+    for batch in ("batch_1", "batch_7", "batch_256"):
+        diffs = report["onnxruntime"][batch]
+        assert diffs["max_abs_diff_lengths"] <= 1e-4
+        assert diffs["max_abs_diff_reconstruction"] <= 1e-3
+        assert diffs["argmax_agreement"] == 1.0
+    assert report["onnx_reference"]["max_abs_diff_lengths"] <= 1e-4
+
+
+def test_verification_fails_when_the_graph_differs_from_the_weights(tiny_run, tmp_path, mnist_root):
+    model, _ = load_weights(tiny_run / "checkpoint.safetensors")
+    out = export_onnx(model, tmp_path / "m.onnx")
+    with torch.no_grad():
+        model.digit_caps.W.mul_(3.0)  # the "PyTorch" side now disagrees with the exported graph
+    x, y = load_split("test", mnist_root, 32)
+    with pytest.raises(VerificationError, match="max \\|d lengths\\|"):
+        verify(out, model, x.numpy(), y.numpy())
+
+
+def test_onnx_runs_at_any_batch_size(exported):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    for n in (1, 3, 300):
+        lengths, poses, recon = session.run(None, {"image": np.random.rand(n, 1, 28, 28).astype(np.float32)})
+        assert lengths.shape == (n, 10) and poses.shape == (n, 10, 16) and recon.shape == (n, 1, 28, 28)

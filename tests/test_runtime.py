@@ -1,0 +1,72 @@
+import json
+
+import numpy as np
+import pytest
+
+from serving.runtime import CapsNetRuntime, DeviceError, InvalidInput, TooLarge, create_session, validate_images
+from training.data import load_split
+
+
+def image(value=0.5):
+    return [[value] * 28 for _ in range(28)]
+
+
+@pytest.mark.parametrize("images, message", [
+    ("not a list", "must be an array"),
+    ([], "empty"),
+    ([[1, 2]], "28x28"),
+    ([[[0.1] * 784]], "28x28"),  # reshapeable into 28x28, still refused
+    ([[[0.1] * 28] * 27], "28x28"),
+    ([image(), [[0.1] * 28] * 27], "ragged"),
+    ([[["a"] * 28] * 28], "only numbers"),
+    ([[[None] * 28] * 28], "only numbers"),
+    ([[[True] * 28] * 28], "only numbers"),
+    ([image(float("nan"))], "NaN"),
+    ([image(float("inf"))], "NaN or Infinity"),
+    ([image(1.5)], "in \\[0, 1\\]"),
+    ([image(-0.1)], "in \\[0, 1\\]"),
+])
+def test_bad_images_are_refused_with_a_reason(images, message):
+    with pytest.raises(InvalidInput, match=message):
+        validate_images(images)
+
+
+def test_batch_cap_is_too_large_not_bad():
+    with pytest.raises(TooLarge, match="at most 256"):
+        validate_images([image()] * 257)
+
+
+def test_good_images_in_both_layouts():
+    a = validate_images([image(0.25), image(1)])
+    b = validate_images([[image(0.25)], [image(1)]])
+    assert a.shape == (2, 1, 28, 28) and a.dtype == np.float32
+    assert np.array_equal(a, b) and a[0, 0, 3, 3] == 0.25
+    assert validate_images([[[0] * 28] * 28]).dtype == np.float32  # integers 0 and 1 are fine
+
+
+def test_runtime_predicts_like_the_exported_graph(served_onnx, mnist_root):
+    runtime = CapsNetRuntime(served_onnx, device="cpu")
+    x, y = load_split("test", mnist_root, 64)
+    prediction = runtime.predict(x.numpy())
+    assert prediction.labels.shape == (64,) and prediction.reconstructions.shape == (64, 28, 28)
+    assert np.array_equal(prediction.labels, prediction.lengths.argmax(1))
+    info = runtime.describe()
+    assert info["providers"] == ["CPUExecutionProvider"] and info["routing_iterations"] == 3
+    assert info["source_sha256"] and info["opset"] == 18
+
+
+def test_cuda_without_a_gpu_stops_instead_of_falling_back(served_onnx):
+    import onnxruntime as ort
+    from pathlib import Path
+
+    if Path("/dev/nvidiactl").exists():
+        pytest.skip("a GPU is present here")
+    with pytest.raises(DeviceError, match="CUDA"):
+        create_session(served_onnx, "cuda")
+
+
+def test_unknown_device_and_missing_model_are_clear(tmp_path):
+    with pytest.raises(DeviceError, match="expected one of auto, cpu, cuda"):
+        create_session(tmp_path / "x.onnx", "tpu")
+    with pytest.raises(FileNotFoundError, match="make export"):
+        create_session(tmp_path / "x.onnx", "cpu")
