@@ -1,0 +1,60 @@
+# CapsNet: train -> export (verified ONNX) -> serve (BentoML + ONNX Runtime) -> load-test.
+# `make serve` on a fresh machine does everything; `make test` runs the test suite.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 3000
+HOST ?= 127.0.0.1
+
+PUBLISHED := models/capsnet-mnist.safetensors
+QUICK_RUN := runs/quick
+QUICK_WEIGHTS := $(QUICK_RUN)/checkpoint.safetensors
+# The published model when there is one, else a quick CPU model trained here.
+WEIGHTS ?= $(if $(wildcard $(PUBLISHED)),$(PUBLISHED),$(QUICK_WEIGHTS))
+ONNX := artifacts/capsnet.onnx
+# Quick CPU model: one pass over 30,000 digits, about 7 minutes on 2 cores, about 98% test accuracy.
+QUICK_TRAIN_ARGS ?= --epochs 1 --limit 30000
+TRAIN_ARGS ?= $(QUICK_TRAIN_ARGS)
+PYTEST_ARGS ?=
+
+.PHONY: setup data train export serve loadtest test clean help
+help:
+	@echo "make serve      set up, fetch MNIST, get a model, export + verify, serve on $(HOST):$(PORT)"
+	@echo "make test       run the test suite"
+	@echo "make setup | data | train | export | loadtest | clean"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+data: setup
+	$(PY) -c "from training.data import ensure_mnist; print(ensure_mnist())"
+
+$(QUICK_WEIGHTS): | setup
+	$(PY) -m training $(QUICK_TRAIN_ARGS) --out $(QUICK_RUN)
+
+train: setup
+	$(PY) -m training $(TRAIN_ARGS) --out $(QUICK_RUN)
+
+$(ONNX): $(WEIGHTS) | setup
+	$(PY) -m export --checkpoint $(WEIGHTS) --out $(ONNX)
+
+export: setup
+	$(PY) -m export --checkpoint $(WEIGHTS) --out $(ONNX)
+
+serve: $(ONNX)
+	CAPSNET_MODEL=$(ONNX) $(VENV)/bin/bentoml serve serving.service:CapsNet --host $(HOST) --port $(PORT)
+
+loadtest: $(ONNX)
+	$(PY) -m loadtest --model $(ONNX) $(LOADTEST_ARGS)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf runs artifacts
