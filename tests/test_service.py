@@ -1,0 +1,88 @@
+"""Real HTTP against a real `bentoml serve` process (started once per session)."""
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+
+from serving.runtime import CapsNetRuntime
+from tests.conftest import PUBLISHED
+from training.data import load_split
+
+
+def post(url, route, body, **kw):
+    return httpx.post(url + route, content=body if isinstance(body, (bytes, str)) else json.dumps(body),
+                      headers={"Content-Type": "application/json"}, timeout=60, **kw)
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_root, served_onnx):
+    x, y = load_split("test", mnist_root, 300)
+    expected = CapsNetRuntime(served_onnx, device="cpu").predict(x.numpy()).labels
+    return x.numpy()[:, 0], y.numpy(), expected
+
+
+def test_health_and_metrics(service_url):
+    assert httpx.get(service_url + "/livez").status_code == 200
+    assert httpx.get(service_url + "/readyz").status_code == 200
+    metrics = httpx.get(service_url + "/metrics")
+    assert metrics.status_code == 200 and "# TYPE" in metrics.text
+
+
+def test_classify_real_digits_matches_in_process_onnx_runtime(service_url, digits):
+    images, labels, expected = digits
+    r = post(service_url, "/classify", {"images": images[:64].tolist()})
+    assert r.status_code == 200
+    body = r.json()
+    assert set(body) == {"labels", "lengths"}
+    assert body["labels"] == expected[:64].tolist()
+    lengths = np.array(body["lengths"])
+    assert lengths.shape == (64, 10) and np.all((lengths >= 0) & (lengths < 1))
+    if PUBLISHED.exists():
+        assert np.mean(np.array(body["labels"]) == labels[:64]) >= 0.98
+
+
+def test_classify_accepts_n_by_1_by_28_by_28(service_url, digits):
+    images, _, expected = digits
+    r = post(service_url, "/classify", {"images": images[:3, None].tolist()})
+    assert r.status_code == 200 and r.json()["labels"] == expected[:3].tolist()
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(service_url, digits):
+    images, _, expected = digits
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda i: post(service_url, "/classify", {"images": [images[i].tolist()]}),
+                                range(200)))
+    assert all(a.status_code == 200 for a in answers)
+    assert [a.json()["labels"][0] for a in answers] == expected[:200].tolist()
+
+
+@pytest.mark.parametrize("body, status, fragment", [
+    ({"images": [[1, 2]]}, 400, "28x28"),
+    ({"images": []}, 400, "empty"),
+    ({"images": [[[2.0] * 28] * 28]}, 400, "[0, 1]"),
+    ({"images": [[["x"] * 28] * 28]}, 400, "numbers"),
+    ({"imgs": []}, 400, "images"),
+    (b'{"images": [', 400, "JSON"),
+    ({"images": [[[0.0] * 28] * 28] * 257}, 413, "at most 256"),
+])
+def test_bad_requests_get_a_reason_and_leave_the_service_ready(service_url, digits, body, status, fragment):
+    r = post(service_url, "/classify", body)
+    assert r.status_code == status
+    assert fragment in r.json()["error"] + json.dumps(r.json().get("detail", ""))
+    assert httpx.get(service_url + "/readyz").status_code == 200
+    images, _, expected = digits
+    assert post(service_url, "/classify", {"images": [images[0].tolist()]}).json()["labels"] == [int(expected[0])]
+
+
+def test_metadata_reports_model_and_providers(service_url, served_onnx):
+    r = post(service_url, "/metadata", {})
+    assert r.status_code == 200
+    meta = r.json()
+    assert meta["providers"] == ["CPUExecutionProvider"] and meta["routing_iterations"] == 3
+    assert meta["opset"] == 18 and meta["model_name"] == "capsnet-mnist"
+    if PUBLISHED.exists():
+        card = json.loads(PUBLISHED.with_suffix(".json").read_text())
+        assert meta["source_sha256"] == card["sha256"]
