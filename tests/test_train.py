@@ -51,3 +51,17 @@ def test_same_seed_same_numbers_and_resume_continues_exactly(tmp_path, mnist_roo
 def test_cli_help_states_defaults():
     out = subprocess.run([sys.executable, "-m", "training", "--help"], capture_output=True, text=True, check=True)
     assert "--epochs" in out.stdout and "(default: 128)" in out.stdout and "--resume" in out.stdout
+
+
+def test_ddp_two_processes_on_cpu_agree_with_each_other_and_with_one_process(tmp_path, mnist_root):
+    args = ["--epochs", "1", "--drop-last", "--device", "cpu", "--threads", "1", *TINY, "--data", str(mnist_root)]
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "training", *args, "--out", str(tmp_path / "ddp")],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ddp = json.loads((tmp_path / "ddp" / "metrics.jsonl").read_text())
+    sums = ddp["rank_param_sums"]
+    assert len(sums) == 2 and sums[0] == sums[1]
+    single = main([*args, "--out", str(tmp_path / "one")])
+    assert ddp["train_loss"] == pytest.approx(single["train_loss"], rel=1e-4)
+    assert ddp["test_acc"] == pytest.approx(single["test_acc"], abs=0.02)

@@ -128,8 +128,9 @@ def train_epoch(model, step_model, optimizer, x, y, epoch, args, device, dist_in
                leave=False, dynamic_ncols=True)
     for step in bar:
         idx = order[step * args.batch_size:(step + 1) * args.batch_size]
-        idx = idx[dist_info.rank * per_rank:(dist_info.rank + 1) * per_rank]
-        images = random_shift(x[idx], args.shift, generator=gen)
+        images = random_shift(x[idx], args.shift, generator=gen)  # the global batch: same shifts at any world size
+        mine = slice(dist_info.rank * per_rank, (dist_info.rank + 1) * per_rank)
+        idx, images = idx[mine], images[mine]
         labels = y[idx]
         with autocast or _null():
             loss, predicted = training_loss(step_model, images, labels, isinstance(model, CapsNet))
@@ -262,6 +263,11 @@ def main(argv: list[str] | None = None) -> dict:
         record = {"epoch": epoch, **stats, "lr": lr, "epoch_seconds": round(seconds, 3),
                   "train_images_per_s": round(len(x) / seconds, 1),
                   "test_acc": accuracy(eval_model, x_test, y_test, autocast=autocast)}
+        if dist_info.world > 1:  # every rank must hold the same weights
+            checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+            sums = [torch.zeros_like(checksum) for _ in range(dist_info.world)]
+            dist.all_gather(sums, checksum)
+            record["rank_param_sums"] = [s.item() for s in sums]
         if val is not None:
             record["val_acc"] = accuracy(eval_model, val[0].to(device), val[1].to(device), autocast=autocast)
         if dist_info.main:

@@ -1,0 +1,136 @@
+"""python -m export.bench: inference throughput, PyTorch eager against ONNX Runtime, in one run.
+
+Every engine runs the same weights on the same real MNIST test digits; each number is the median
+of --repeats timed runs after a warm-up. Prints a table with ratios to PyTorch eager and writes
+runs/bench/bench.json and runs/bench/bench.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from training.checkpoint import load_weights
+from training.data import DEFAULT_ROOT, load_split
+
+CPU_BATCHES = (1, 8, 64, 256)
+GPU_BATCHES = (1, 8, 64, 256, 1024, 4096)
+
+
+def time_it(run: Callable[[], object], repeats: int, min_seconds: float = 0.2) -> float:
+    """Median seconds of one call, each sample averaging enough calls to last min_seconds."""
+    run()  # warm-up
+    t0 = time.perf_counter()
+    run()
+    once = max(time.perf_counter() - t0, 1e-6)
+    calls = max(1, int(min_seconds / once))
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            run()
+        samples.append((time.perf_counter() - t0) / calls)
+    return statistics.median(samples)
+
+
+def engines(weights: Path, onnx_files: dict[str, Path], device: str, threads: int) -> dict[str, Callable]:
+    """name -> factory(batch ndarray) -> zero-argument callable that runs one batch."""
+    model, _ = load_weights(weights, device)
+    found: dict[str, Callable] = {}
+
+    def torch_engine(images: np.ndarray) -> Callable:
+        x = torch.from_numpy(images).to(device)
+
+        def run() -> None:
+            with torch.no_grad():
+                model(x)
+            if device == "cuda":
+                torch.cuda.synchronize()
+        return run
+
+    found["pytorch-eager" + ("-tf32" if device == "cuda" else "")] = torch_engine
+    for name, path in onnx_files.items():
+        if not path.exists():
+            print(f"skipping {name}: {path} does not exist", file=sys.stderr)
+            continue
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        session = ort.InferenceSession(str(path), options, providers=providers)
+
+        def ort_engine(images: np.ndarray, session=session) -> Callable:
+            return lambda: session.run(["lengths"], {"image": images})
+        found[f"ort-{name}"] = ort_engine
+    return found
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m export.bench", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--weights", type=Path, default=Path("models/capsnet-mnist.safetensors"), help="PyTorch weights")
+    p.add_argument("--onnx", type=Path, default=Path("artifacts/capsnet.onnx"), help="fp32 ONNX of the same weights")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run")
+    p.add_argument("--batches", type=int, nargs="+", default=None,
+                   help=f"batch sizes (default: {CPU_BATCHES} on CPU, {GPU_BATCHES} on CUDA)")
+    p.add_argument("--repeats", type=int, default=5, help="timed samples per point (median reported)")
+    p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: ORT's choice)")
+    p.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="MNIST root folder")
+    p.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for bench.json and bench.png")
+    args = p.parse_args(argv)
+    batches = args.batches or (GPU_BATCHES if args.device == "cuda" else CPU_BATCHES)
+    digits = load_split("test", args.data, max(batches))[0].numpy()
+    onnx_files = {"fp32": args.onnx}
+    table: dict[str, dict[int, float]] = {}
+    for name, factory in engines(args.weights, onnx_files, args.device, args.threads).items():
+        table[name] = {}
+        for b in batches:
+            images = np.ascontiguousarray(np.resize(digits, (b, 1, 28, 28)))
+            seconds = time_it(factory(images), args.repeats)
+            table[name][b] = b / seconds
+            print(f"{name:>22} batch {b:>5}: {b / seconds:>10.1f} images/s  {1000 * seconds:8.2f} ms/batch",
+                  file=sys.stderr)
+    base = next(iter(table))
+    print(f"\n{'engine':>22} " + " ".join(f"{'b=' + str(b):>16}" for b in batches))
+    for name, row in table.items():
+        print(f"{name:>22} " + " ".join(f"{row[b]:>9.0f} ({row[b] / table[base][b]:.2f}x)" for b in batches))
+    report = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"},
+        "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__, "python": platform.python_version()},
+        "date": time.strftime("%Y-%m-%d"), "repeats": args.repeats, "threads": args.threads,
+        "images_per_s": {name: {str(b): round(v, 1) for b, v in row.items()} for name, row in table.items()},
+        "ratio_to": base,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, row in table.items():
+        ax.plot(batches, [row[b] for b in batches], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images / s")
+    ax.set_title(f"CapsNet inference, {report['machine']['device']}, {report['date']}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.savefig(args.out / "bench.png", dpi=110, bbox_inches="tight")
+    print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.png'}", file=sys.stderr)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Any uploaded digit image -> a 1x28x28 float32 array prepared the way MNIST was made.
+
+Grey; bright digit on dark (inverted when the background is light); cropped to the ink; fitted
+into 20x20 keeping the aspect ratio; placed in 28x28 with its centre of mass at the centre.
+Dimensions are checked from the header before any pixel is decoded (pixel bombs).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from serving.runtime import IMAGE_SIZE, InvalidInput, TooLarge
+
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
+MAX_BYTES = 10 * 1024 * 1024  # an upload over this is refused (413)
+MAX_PIXELS = 4096 * 4096  # width x height from the header, checked before decoding (413)
+FIT = 20  # MNIST fits each digit into 20x20 ...
+INK = 0.1  # ... and we crop to pixels brighter than this (after background removal)
+
+
+def decode(data: bytes) -> Image.Image:
+    """Bytes -> a decoded PIL image; InvalidInput when it is not an image we take."""
+    if not data:
+        raise InvalidInput("the upload is empty")
+    if len(data) > MAX_BYTES:
+        raise TooLarge(f"the upload is {len(data):,} bytes; at most {MAX_BYTES:,}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
+    except UnidentifiedImageError:
+        raise InvalidInput(f"not an image in a supported format ({', '.join(FORMATS)})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise TooLarge(f"the image is too large; at most {MAX_PIXELS:,} pixels") from None
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise InvalidInput(f"the image has no pixels ({width}x{height})")
+    if width * height > MAX_PIXELS:
+        raise TooLarge(f"the image is {width}x{height} = {width * height:,} pixels; at most {MAX_PIXELS:,}")
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as err:
+        raise InvalidInput(f"the image is truncated or corrupt: {err}") from None
+    return image
+
+
+def to_grey(image: Image.Image) -> np.ndarray:
+    """Grey levels in [0, 1]; transparent areas become white paper."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(paper, rgba)
+    elif image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        image = ImageOps.autocontrast(image.convert("I").point(lambda v: v / 256).convert("L"))
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+
+
+def mnist_style(grey: np.ndarray) -> np.ndarray:
+    """(H, W) grey in [0, 1] -> (1, 28, 28) float32 in [0, 1], bright digit centred by mass."""
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    background = float(np.median(border))
+    ink = grey - background if background < 0.5 else background - grey  # digit bright on dark
+    span = float(ink.max())
+    out = np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    if span <= 1e-3:
+        return out  # a blank image: nothing to centre
+    ink = np.clip(ink / span, 0.0, 1.0)
+    rows, cols = np.nonzero(ink > INK)
+    ink = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]  # crop to the ink
+    h, w = ink.shape
+    scale = FIT / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    patch = np.asarray(Image.fromarray(ink, mode="F").resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0))
+    patch = np.clip(patch, 0.0, 1.0)
+    mass = patch.sum()
+    ys, xs = np.indices(patch.shape)
+    cy, cx = (ys * patch).sum() / mass, (xs * patch).sum() / mass
+    top = int(round(IMAGE_SIZE / 2 - cy))
+    left = int(round(IMAGE_SIZE / 2 - cx))
+    top = min(max(top, 0), IMAGE_SIZE - patch.shape[0])
+    left = min(max(left, 0), IMAGE_SIZE - patch.shape[1])
+    out[0, top:top + patch.shape[0], left:left + patch.shape[1]] = patch
+    return out
+
+
+def preprocess(data: bytes) -> np.ndarray:
+    """Uploaded bytes -> (1, 28, 28) float32 in [0, 1]."""
+    image = decode(data)
+    if getattr(image, "n_frames", 1) > 1:
+        image.seek(0)  # animated GIF / WebP: the first frame
+    return mnist_style(to_grey(image))
