@@ -15,6 +15,7 @@ import numpy as np
 from starlette.responses import JSONResponse
 
 from serving.preprocess import preprocess
+from serving import ui
 from serving.runtime import IMAGE_SIZE, MAX_BATCH, CapsNetRuntime, InvalidInput, TooLarge, validate_images
 
 BATCH_LATENCY_MS = 1000  # a request that cannot be served within this is answered 503, not queued
@@ -45,6 +46,7 @@ def bad_request(err: InvalidInput) -> JSONResponse:
 
 
 @bentoml.service(name="capsnet", traffic={"timeout": 30, "max_concurrency": 128})
+@bentoml.asgi_app(ui.app, path="/ui")
 class CapsNet:
     engine = bentoml.depends(Engine)
 

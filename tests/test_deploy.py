@@ -1,0 +1,34 @@
+"""The Kubernetes manifests validate against the Kubernetes schemas (kubernetes-validate, offline)."""
+
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+MANIFESTS = sorted((Path(__file__).resolve().parents[1] / "deploy" / "kubernetes").glob("*.yaml"))
+K8S_VERSION = "1.37.0"
+
+
+def test_there_are_cpu_and_gpu_deployments_a_service_and_an_autoscaler():
+    kinds = [yaml.safe_load(p.read_text())["kind"] for p in MANIFESTS]
+    assert sorted(kinds) == ["Deployment", "Deployment", "HorizontalPodAutoscaler", "Service"]
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_manifest_is_valid(path):
+    doc = yaml.safe_load(path.read_text())
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_deployments_probe_the_service_health_routes():
+    for path in MANIFESTS:
+        doc = yaml.safe_load(path.read_text())
+        if doc["kind"] != "Deployment":
+            continue
+        container = doc["spec"]["template"]["spec"]["containers"][0]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+        assert container["resources"]["requests"]["cpu"]
+    gpu = yaml.safe_load((MANIFESTS[0].parent / "deployment-gpu.yaml").read_text())
+    assert gpu["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
