@@ -18,11 +18,11 @@ QUICK_TRAIN_ARGS ?= --epochs 1 --limit 30000
 TRAIN_ARGS ?= $(QUICK_TRAIN_ARGS)
 PYTEST_ARGS ?=
 
-.PHONY: setup data train export serve loadtest test clean help
+.PHONY: setup data train export serve loadtest build bench experiments test clean help
 help:
 	@echo "make serve      set up, fetch MNIST, get a model, export + verify, serve on $(HOST):$(PORT)"
 	@echo "make test       run the test suite"
-	@echo "make setup | data | train | export | loadtest | clean"
+	@echo "make setup | data | train | export | loadtest | build | bench | experiments | clean"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,15 @@ serve: $(ONNX)
 
 loadtest: $(ONNX)
 	$(PY) -m loadtest --model $(ONNX) $(LOADTEST_ARGS)
+
+build: $(ONNX)
+	$(VENV)/bin/bentoml build
+
+bench: $(ONNX)
+	$(PY) -m export.bench $(BENCH_ARGS)
+
+experiments: setup
+	$(PY) -m training.evaluate --out docs/experiments
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

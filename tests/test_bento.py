@@ -1,0 +1,50 @@
+"""`bentoml build` packages serving/ + the ONNX artifact; the built Bento serves a real request."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import yaml
+
+from export.onnx_export import report_path
+from loadtest.server import running_service
+from training.data import load_split
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_built_bento_has_no_torch_and_serves(served_onnx, tmp_path, mnist_root):
+    context = tmp_path / "context"
+    shutil.copytree(ROOT / "serving", context / "serving", ignore=shutil.ignore_patterns("__pycache__"))
+    (context / "artifacts").mkdir()
+    shutil.copy(served_onnx, context / "artifacts" / "capsnet.onnx")
+    shutil.copy(report_path(served_onnx), context / "artifacts" / "capsnet.verify.json")
+    (context / "models").mkdir()
+    shutil.copy(ROOT / "models" / "README.md", context / "models" / "README.md")
+    shutil.copy(ROOT / "bentofile.yaml", context / "bentofile.yaml")
+    env = {"BENTOML_HOME": str(tmp_path / "bentoml-home"), "BENTOML_DO_NOT_TRACK": "True"}
+    build = subprocess.run([sys.executable, "-m", "bentoml", "build"], cwd=context, capture_output=True, text=True,
+                           env={**os.environ, **env}, timeout=300)
+    assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
+    tag = re.search(r'Bento\(tag="([^"]+)"\)', build.stdout).group(1)
+    bento = tmp_path / "bentoml-home" / "bentos" / tag.replace(":", "/")
+    files = {str(p.relative_to(bento / "src")) for p in (bento / "src").rglob("*") if p.is_file()}
+    assert {"serving/service.py", "serving/runtime.py", "serving/static/index.html",
+            "artifacts/capsnet.onnx", "models/README.md"} <= files
+    requirements = (bento / "env" / "python" / "requirements.txt").read_text()
+    assert "onnxruntime-gpu==1.31.1" in requirements
+    assert not re.search(r"^torch", requirements, re.M)
+    assert yaml.safe_load((bento / "bento.yaml").read_text())["service"] == "serving.service:CapsNet"
+
+    x, _ = load_split("test", mnist_root, 2)
+    with running_service(target=tag, env=env) as url:
+        r = httpx.post(url + "/classify", content=json.dumps({"images": x[:, 0].tolist()}),
+                       headers={"Content-Type": "application/json"}, timeout=60)
+        assert r.status_code == 200 and len(r.json()["labels"]) == 2
+        meta = httpx.post(url + "/metadata", json={}, timeout=60).json()
+        assert meta["model_file"] == "capsnet.onnx"
