@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     digits = args.out / "digits.npz"
     prepare_digits(digits, args.model, args.digits, args.data)
     env = {"CAPSNET_MODEL": str(args.model.resolve()), "CAPSNET_DIGITS": str(digits.resolve())}
-    with running_service(args.port, env=env, log=args.out / "service.log") as url:
+    with running_service(args.port, env=env, log=args.out / "service.log") as service:
+        url = service.url
         print(f"service ready at {url}; {args.users} users for {args.duration} s", file=sys.stderr)
         started = time.time()
         locust = subprocess.run(

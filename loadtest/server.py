@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -38,10 +39,16 @@ def wait_ready(url: str, timeout: float, proc: subprocess.Popen | None = None) -
     raise TimeoutError(f"{url}/readyz not ready after {timeout:.0f} s")
 
 
+@dataclass(frozen=True)
+class Service:
+    url: str
+    pid: int  # the `bentoml serve` process; its workers are its children
+
+
 @contextlib.contextmanager
 def running_service(port: int | None = None, target: str = SERVICE, env: dict[str, str] | None = None,
-                    log: Path | None = None, timeout: float = 180) -> Iterator[str]:
-    """Yield the base URL of a `bentoml serve` process; stop its whole process group afterwards."""
+                    log: Path | None = None, timeout: float = 180) -> Iterator[Service]:
+    """Yield a running `bentoml serve` process (URL and pid); stop its whole process group afterwards."""
     port = port or free_port()
     out = open(log, "w") if log else subprocess.DEVNULL
     proc = subprocess.Popen(
@@ -51,7 +58,7 @@ def running_service(port: int | None = None, target: str = SERVICE, env: dict[st
     url = f"http://{HOST}:{port}"
     try:
         wait_ready(url, timeout, proc)
-        yield url
+        yield Service(url, proc.pid)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse
 
 from serving.preprocess import preprocess
 from serving import ui
+from serving.limits import RequestGate
 from serving.runtime import IMAGE_SIZE, MAX_BATCH, CapsNetRuntime, InvalidInput, TooLarge, validate_images
 
 BATCH_LATENCY_MS = 1000  # a request that cannot be served within this is answered 503, not queued
@@ -86,3 +87,6 @@ class CapsNet:
     def metadata(self) -> dict:
         """Model name, sha256, test accuracy, opset, routing iterations, execution providers in use."""
         return self.engine.describe()
+
+
+CapsNet.add_asgi_middleware(RequestGate)  # size limit, upload form check

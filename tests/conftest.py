@@ -61,10 +61,15 @@ def served_onnx(tmp_path_factory, mnist_root) -> Path:
 
 
 @pytest.fixture(scope="session")
-def service_url(served_onnx, tmp_path_factory):
+def service(served_onnx, tmp_path_factory):
     """A real `bentoml serve` process on a free loopback port, serving served_onnx."""
     from loadtest.server import running_service
 
     log = tmp_path_factory.mktemp("service") / "service.log"
-    with running_service(env={"CAPSNET_MODEL": str(served_onnx), "CAPSNET_DEVICE": "cpu"}, log=log) as url:
-        yield url
+    with running_service(env={"CAPSNET_MODEL": str(served_onnx), "CAPSNET_DEVICE": "cpu"}, log=log) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def service_url(service) -> str:
+    return service.url

@@ -42,7 +42,8 @@ def test_built_bento_has_no_torch_and_serves(served_onnx, tmp_path, mnist_root):
     assert yaml.safe_load((bento / "bento.yaml").read_text())["service"] == "serving.service:CapsNet"
 
     x, _ = load_split("test", mnist_root, 2)
-    with running_service(target=tag, env=env) as url:
+    with running_service(target=tag, env=env) as served:
+        url = served.url
         r = httpx.post(url + "/classify", content=json.dumps({"images": x[:, 0].tolist()}),
                        headers={"Content-Type": "application/json"}, timeout=60)
         assert r.status_code == 200 and len(r.json()["labels"]) == 2

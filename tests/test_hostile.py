@@ -1,0 +1,122 @@
+"""Hostile input against a real running service: every bad request gets a fast 4xx with a JSON reason,
+the service stays ready, the next good request succeeds, and memory does not grow round after round."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+from PIL import Image
+
+from training.data import load_split
+
+GOOD = [[0.0] * 28] * 28
+JSON = {"Content-Type": "application/json"}
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+NOISE_PNG = png(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)))
+BOMB_PNG = png(Image.new("1", (20000, 20000)))  # ~50 kB on the wire, 400 MB if decoded
+
+# (name, route, request kwargs, expected status, a fragment of the reason)
+CASES = [
+    ("invalid JSON", "/classify", {"content": b'{"images": [', "headers": JSON}, 400, "JSON"),
+    ("empty body", "/classify", {"content": b"", "headers": JSON}, 400, ""),
+    ("top-level array", "/classify", {"content": b"[1, 2]", "headers": JSON}, 400, ""),
+    ("top-level string", "/classify", {"content": b'"hello"', "headers": JSON}, 400, ""),
+    ("missing field", "/classify", {"json": {}}, 400, "images"),
+    ("misnamed field", "/classify", {"json": {"imgs": [GOOD]}}, 400, "images"),
+    ("images a number", "/classify", {"json": {"images": 5}}, 400, "array"),
+    ("images an object", "/classify", {"json": {"images": {"a": 1}}}, 400, "array"),
+    ("images null", "/classify", {"json": {"images": None}}, 400, "array"),
+    ("empty batch", "/classify", {"json": {"images": []}}, 400, "empty"),
+    ("flat pixels", "/classify", {"json": {"images": [[1, 2]]}}, 400, "28x28"),
+    ("reshapeable 784", "/classify", {"json": {"images": [[0.1] * 784]}}, 400, "28x28"),
+    ("27 rows", "/classify", {"json": {"images": [[[0.1] * 28] * 27]}}, 400, "28x28"),
+    ("3 channels", "/classify", {"json": {"images": [[GOOD] * 3]}}, 400, "28x28"),
+    ("ragged batch", "/classify", {"json": {"images": [GOOD, [[0.1] * 28] * 27]}}, 400, "ragged"),
+    ("strings", "/classify", {"json": {"images": [[["0.5"] * 28] * 28]}}, 400, "numbers"),
+    ("nulls", "/classify", {"json": {"images": [[[None] * 28] * 28]}}, 400, "numbers"),
+    ("booleans", "/classify", {"json": {"images": [[[True] * 28] * 28]}}, 400, "numbers"),
+    ("NaN", "/classify", {"content": json.dumps({"images": [[[float("nan")] * 28] * 28]}), "headers": JSON}, 400, ""),
+    ("Infinity", "/classify", {"content": json.dumps({"images": [[[float("inf")] * 28] * 28]}), "headers": JSON},
+     400, ""),
+    ("-Infinity", "/classify", {"content": json.dumps({"images": [[[float("-inf")] * 28] * 28]}), "headers": JSON},
+     400, ""),
+    ("overflowing number", "/classify", {"content": '{"images": [[[1e400' + ", 0" * 27 + "]" + (", [" + ", ".join(
+        ["0"] * 28) + "]") * 27 + "]]}", "headers": JSON}, 400, ""),
+    ("above 1", "/classify", {"json": {"images": [[[1.5] * 28] * 28]}}, 400, "[0, 1]"),
+    ("below 0", "/classify", {"json": {"images": [[[-0.5] * 28] * 28]}}, 400, "[0, 1]"),
+    ("over the batch cap", "/classify", {"json": {"images": [GOOD] * 257}}, 413, "at most 256"),
+    ("deeply nested", "/classify", {"content": '{"images": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                                    "headers": JSON}, 400, ""),
+    ("body over the limit", "/classify", {"content": b'{"images": [' + b" " * (17 * 1024 * 1024) + b"]}",
+                                          "headers": JSON}, 413, "bytes"),
+    ("reconstruct bad shape", "/reconstruct", {"json": {"images": [[1, 2]]}}, 400, "28x28"),
+    ("not an image", "/classify_image", {"files": {"image": ("x.png", b"hello, world", "image/png")}}, 400,
+     "not an image"),
+    ("truncated image", "/classify_image", {"files": {"image": ("x.png", NOISE_PNG[:2000], "image/png")}}, 400,
+     "truncated"),
+    ("empty image", "/classify_image", {"files": {"image": ("x.png", b"", "image/png")}}, 400, "empty"),
+    ("wrong form field", "/classify_image", {"files": {"file": ("x.png", NOISE_PNG, "image/png")}}, 400, "image"),
+    ("pixel bomb", "/classify_image", {"files": {"image": ("bomb.png", BOMB_PNG, "image/png")}}, 413, "pixels"),
+    ("JSON to the upload route", "/classify_image", {"json": {"images": [GOOD]}}, 400, "multipart"),
+    ("text instead of a file", "/classify_image", {"files": {"image": (None, b"hello")}}, 400, "one file field"),
+    ("form not multipart", "/classify_image", {"data": {"image": "hello"}}, 400, "multipart"),
+    ("two files", "/classify_image", {"files": [("image", ("a.png", NOISE_PNG, "image/png")),
+                                               ("image", ("b.png", NOISE_PNG, "image/png"))]}, 400, ""),
+]
+
+
+def rss_mb(pid: int) -> float:
+    process = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20
+
+
+@pytest.fixture(scope="module")
+def good_digit(mnist_root):
+    x, _ = load_split("test", mnist_root, 1)
+    return x[0, 0].tolist()
+
+
+def test_there_are_at_least_25_distinct_cases():
+    assert len({name for name, *_ in CASES}) == len(CASES) >= 25
+
+
+@pytest.mark.parametrize("name, route, kwargs, status, fragment", CASES, ids=[c[0] for c in CASES])
+def test_bad_request(service_url, good_digit, name, route, kwargs, status, fragment):
+    started = time.perf_counter()
+    r = httpx.post(service_url + route, timeout=30, **kwargs)
+    elapsed = time.perf_counter() - started
+    assert r.status_code == status, r.text[:300]
+    body = r.json()
+    assert isinstance(body.get("error"), str) and body["error"]
+    assert fragment in body["error"] + json.dumps(body.get("detail", ""))
+    assert elapsed < 10, f"{name} took {elapsed:.1f} s"
+    assert httpx.get(service_url + "/readyz", timeout=10).status_code == 200
+    ok = httpx.post(service_url + "/classify", json={"images": [good_digit]}, timeout=30)
+    assert ok.status_code == 200 and len(ok.json()["labels"]) == 1
+
+
+def test_memory_does_not_grow_round_after_round(service, good_digit):
+    def one_round() -> None:
+        for _, route, kwargs, status, _ in CASES:
+            assert httpx.post(service.url + route, timeout=30, **kwargs).status_code == status
+
+    one_round()  # warm: allocator pools, caches
+    before = rss_mb(service.pid)
+    for _ in range(3):
+        one_round()
+    after = rss_mb(service.pid)
+    assert after - before < 64, f"RSS grew from {before:.0f} MB to {after:.0f} MB over 3 rounds"
+    assert httpx.post(service.url + "/classify", json={"images": [good_digit]}, timeout=30).status_code == 200
