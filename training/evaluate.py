@@ -142,7 +142,7 @@ def affine(model: CapsNet, baseline: torch.nn.Module, x: torch.Tensor, y: torch.
         ax = fig.add_subplot(2, 12, k + 1 if k < 4 else k + 9)
         ax.imshow(distorted[k, 0].numpy(), cmap="gray", vmin=0, vmax=1)
         ax.axis("off")
-    ax = fig.add_axes([0.42, 0.12, 0.55, 0.75])
+    ax = fig.add_axes([0.5, 0.12, 0.48, 0.75])
     names = list(result)
     for k, split in enumerate(("clean", "affine")):
         values = [100 * result[n][split] for n in names]
