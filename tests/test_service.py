@@ -68,3 +68,43 @@ def test_metadata_reports_model_and_providers(service_url, served_onnx):
     if PUBLISHED.exists():
         card = json.loads(PUBLISHED.with_suffix(".json").read_text())
         assert meta["source_sha256"] == card["sha256"]
+
+
+def test_reconstruct_returns_labels_and_images_in_unit_range(service_url, digits):
+    images, _, expected = digits
+    r = post(service_url, "/reconstruct", {"images": images[:4].tolist()})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["labels"] == expected[:4].tolist()
+    recon = np.array(body["reconstructions"])
+    assert recon.shape == (4, 28, 28) and recon.min() >= 0 and recon.max() <= 1
+    # a reconstruction looks like its input more than like another digit
+    errors = ((recon[:, None] - images[None, :4]) ** 2).sum((2, 3))
+    assert np.array_equal(errors.argmin(1), np.arange(4))
+
+
+def encoded(image: np.ndarray, fmt: str, invert: bool, size: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    pixels = (255 * (1 - image if invert else image)).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).resize((size, size), Image.Resampling.BICUBIC).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt, invert, size", [("PNG", False, 28), ("JPEG", True, 200)], ids=["png28", "jpeg-inverted"])
+def test_uploads_agree_with_direct_onnx_runtime(service_url, digits, fmt, invert, size):
+    images, _, expected = digits
+
+    def send(i):
+        r = httpx.post(service_url + "/classify_image", timeout=60,
+                       files={"image": (f"d.{fmt.lower()}", encoded(images[i], fmt, invert, size))})
+        assert r.status_code == 200, r.text
+        return r.json()["label"]
+
+    with ThreadPoolExecutor(8) as pool:
+        labels = list(pool.map(send, range(len(images))))
+    assert len(labels) == 300
+    assert np.mean(np.array(labels) == expected) >= 0.99
