@@ -1,5 +1,3 @@
-import json
-
 import numpy as np
 import pytest
 
@@ -56,7 +54,6 @@ def test_runtime_predicts_like_the_exported_graph(served_onnx, mnist_root):
 
 
 def test_cuda_without_a_gpu_stops_instead_of_falling_back(served_onnx):
-    import onnxruntime as ort
     from pathlib import Path
 
     if Path("/dev/nvidiactl").exists():
@@ -70,3 +67,15 @@ def test_unknown_device_and_missing_model_are_clear(tmp_path):
         create_session(tmp_path / "x.onnx", "tpu")
     with pytest.raises(FileNotFoundError, match="make export"):
         create_session(tmp_path / "x.onnx", "cpu")
+
+
+@pytest.mark.gpu
+def test_cuda_device_uses_the_cuda_provider(served_onnx, mnist_root):
+    runtime = CapsNetRuntime(served_onnx, device="cuda")
+    assert runtime.providers[0] == "CUDAExecutionProvider"
+    assert runtime.describe()["providers"][0] == "CUDAExecutionProvider"
+    x, _ = load_split("test", mnist_root, 256)
+    cpu = CapsNetRuntime(served_onnx, device="cpu").predict(x.numpy())
+    gpu = runtime.predict(x.numpy())
+    assert np.array_equal(cpu.labels, gpu.labels)
+    assert np.abs(cpu.lengths - gpu.lengths).max() < 1e-3

@@ -1,6 +1,5 @@
 """The page at /ui in real headless Chromium (Debian's chromium, driven by Playwright)."""
 
-import io
 import os
 import shutil
 

@@ -8,6 +8,7 @@ Under torchrun (WORLD_SIZE > 1) the same loop runs data-parallel with DDP.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -22,7 +23,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from training.baseline import BaselineCNN, cross_entropy
-from training.checkpoint import load_state, save_state, save_weights, write_json
+from training.checkpoint import load_state, save_state, save_weights
 from training.data import DEFAULT_ROOT, load_split, random_shift
 from training.model import CapsNet, CapsNetConfig, count_parameters, margin_loss, reconstruction_loss
 
@@ -89,19 +90,11 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     correct = 0
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size]
-        with autocast or _null():
+        with autocast or contextlib.nullcontext():
             predicted = scores(model, xb).argmax(1)
         correct += (predicted == y[i:i + batch_size]).sum().item()
     model.train(was_training)
     return correct / max(len(x), 1)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def make_autocast(device: torch.device, precision: str) -> torch.autocast | None:
@@ -132,7 +125,7 @@ def train_epoch(model, step_model, optimizer, x, y, epoch, args, device, dist_in
         mine = slice(dist_info.rank * per_rank, (dist_info.rank + 1) * per_rank)
         idx, images = idx[mine], images[mine]
         labels = y[idx]
-        with autocast or _null():
+        with autocast or contextlib.nullcontext():
             loss, predicted = training_loss(step_model, images, labels, isinstance(model, CapsNet))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
