@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from export.broadcast import export_broadcast
 from training.checkpoint import load_weights
 from training.data import DEFAULT_ROOT, load_split
 
@@ -44,7 +45,19 @@ def time_it(run: Callable[[], object], repeats: int, min_seconds: float = 0.2) -
     return statistics.median(samples)
 
 
-def engines(weights: Path, onnx_files: dict[str, Path], device: str, threads: int) -> dict[str, Callable]:
+OPT_LEVELS = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}
+
+
+def node_counts(path: Path) -> dict[str, int]:
+    import collections
+
+    import onnx
+
+    return dict(collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node).most_common())
+
+
+def engines(weights: Path, onnx_files: dict[str, tuple[Path, str]], device: str, threads: int
+            ) -> dict[str, Callable]:
     """name -> factory(batch ndarray) -> zero-argument callable that runs one batch."""
     model, _ = load_weights(weights, device)
     found: dict[str, Callable] = {}
@@ -60,12 +73,13 @@ def engines(weights: Path, onnx_files: dict[str, Path], device: str, threads: in
         return run
 
     found["pytorch-eager" + ("-tf32" if device == "cuda" else "")] = torch_engine
-    for name, path in onnx_files.items():
+    for name, (path, level) in onnx_files.items():
         if not path.exists():
             print(f"skipping {name}: {path} does not exist", file=sys.stderr)
             continue
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        options.graph_optimization_level = OPT_LEVELS[level]
         providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
         session = ort.InferenceSession(str(path), options, providers=providers)
 
@@ -80,6 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--weights", type=Path, default=Path("models/capsnet-mnist.safetensors"), help="PyTorch weights")
     p.add_argument("--onnx", type=Path, default=Path("artifacts/capsnet.onnx"), help="fp32 ONNX of the same weights")
+    p.add_argument("--broadcast", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the same weights exported with broadcast-multiply routing")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run")
     p.add_argument("--batches", type=int, nargs="+", default=None,
                    help=f"batch sizes (default: {CPU_BATCHES} on CPU, {GPU_BATCHES} on CUDA)")
@@ -90,7 +106,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     batches = args.batches or (GPU_BATCHES if args.device == "cuda" else CPU_BATCHES)
     digits = load_split("test", args.data, max(batches))[0].numpy()
-    onnx_files = {"fp32": args.onnx}
+    onnx_files = {"fp32": (args.onnx, "all"), "fp32-optbasic": (args.onnx, "basic")}
+    if args.broadcast:
+        args.out.mkdir(parents=True, exist_ok=True)
+        broadcast = export_broadcast(load_weights(args.weights)[0], args.out / "capsnet-broadcast.onnx")
+        onnx_files["fp32-broadcast"] = (broadcast, "all")
     table: dict[str, dict[int, float]] = {}
     for name, factory in engines(args.weights, onnx_files, args.device, args.threads).items():
         table[name] = {}
@@ -111,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         "date": time.strftime("%Y-%m-%d"), "repeats": args.repeats, "threads": args.threads,
         "images_per_s": {name: {str(b): round(v, 1) for b, v in row.items()} for name, row in table.items()},
         "ratio_to": base,
+        "onnx_node_counts": {name: node_counts(path) for name, (path, _) in onnx_files.items() if path.exists()},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")

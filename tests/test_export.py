@@ -69,3 +69,14 @@ def test_onnx_runs_at_any_batch_size(exported):
     for n in (1, 3, 300):
         lengths, poses, recon = session.run(None, {"image": np.random.rand(n, 1, 28, 28).astype(np.float32)})
         assert lengths.shape == (n, 10) and poses.shape == (n, 10, 16) and recon.shape == (n, 1, 28, 28)
+
+
+def test_broadcast_routing_is_the_same_function(tiny_run, mnist_root):
+    from export.broadcast import broadcast_copy
+
+    model, _ = load_weights(tiny_run / "checkpoint.safetensors")
+    x, _ = load_split("test", mnist_root, 16)
+    with torch.no_grad():
+        a, b = model(x), broadcast_copy(model)(x)
+    for left, right in zip(a, b):
+        assert torch.allclose(left, right, atol=1e-5)
