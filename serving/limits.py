@@ -1,4 +1,4 @@
-"""ASGI middleware in front of the service: body size limit (413) and upload form check (400).
+"""HTTP errors, and the ASGI middleware in front of the service: body size limit (413), upload form check (400).
 
 Bodies over MAX_BODY_BYTES are refused from their Content-Length, or as soon as a chunked body
 grows past it. Uploads to the image route are parsed here first, so that a form without exactly one
@@ -12,6 +12,10 @@ from typing import Any, Awaitable, Callable
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from serving.batching import Overloaded
+from serving.runtime import TooLarge
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # 256 images as JSON fit in about 4 MB; uploads are capped at 10 MB
 UPLOAD_ROUTES = {"/classify_image": "image"}  # route -> its one file field
@@ -19,6 +23,12 @@ UPLOAD_ROUTES = {"/classify_image": "image"}  # route -> its one file field
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def error_response(err: Exception) -> JSONResponse:
+    """InvalidInput -> 400, TooLarge -> 413, Overloaded -> 503; the body says why."""
+    status = 503 if isinstance(err, Overloaded) else 413 if isinstance(err, TooLarge) else 400
+    return JSONResponse({"error": str(err)}, status_code=status)
 
 
 async def reply(send: Send, status: int, error: str) -> None:

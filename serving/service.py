@@ -1,8 +1,8 @@
 """BentoML service over serving/runtime.py: `bentoml serve serving.service:CapsNet`.
 
-Two services: `CapsNet` speaks the HTTP contract (validation, JSON shapes); `Engine` holds the one
-ONNX Runtime session and exposes batchable methods, so that BentoML's adaptive batching merges
-concurrent requests into one ORT run.
+One process holds the ONNX Runtime session, created once, and a MicroBatcher that merges
+concurrent requests into one run (serving/batching.py). The APIs are sync `def`s: BentoML runs
+them in its thread pool while the batcher's thread runs the model.
 """
 
 from __future__ import annotations
@@ -11,82 +11,55 @@ import typing as t
 from pathlib import Path
 
 import bentoml
-import numpy as np
-from starlette.responses import JSONResponse
 
-from serving.preprocess import preprocess
 from serving import ui
-from serving.limits import RequestGate
-from serving.runtime import IMAGE_SIZE, MAX_BATCH, CapsNetRuntime, InvalidInput, TooLarge, validate_images
-
-BATCH_LATENCY_MS = 1000  # a request that cannot be served within this is answered 503, not queued
-
-
-@bentoml.service(name="capsnet-engine", workers=1, traffic={"timeout": 30, "max_concurrency": 256})
-class Engine:
-    def __init__(self) -> None:
-        self.runtime = CapsNetRuntime()
-
-    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=BATCH_LATENCY_MS)
-    def lengths(self, images: np.ndarray) -> np.ndarray:
-        return self.runtime.predict(images).lengths
-
-    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=BATCH_LATENCY_MS)
-    def lengths_and_reconstructions(self, images: np.ndarray) -> np.ndarray:
-        """(N, 10 + 784): one ORT run for /reconstruct."""
-        p = self.runtime.predict(images)
-        return np.concatenate([p.lengths, p.reconstructions.reshape(len(images), -1)], axis=1)
-
-    @bentoml.api
-    def describe(self) -> dict:
-        return self.runtime.describe()
+from serving.batching import MicroBatcher, Overloaded
+from serving.limits import RequestGate, error_response
+from serving.preprocess import preprocess
+from serving.runtime import CapsNetRuntime, InvalidInput, Prediction, validate_images
 
 
-def bad_request(err: InvalidInput) -> JSONResponse:
-    return JSONResponse({"error": str(err)}, status_code=413 if isinstance(err, TooLarge) else 400)
-
-
-@bentoml.service(name="capsnet", traffic={"timeout": 30, "max_concurrency": 128})
+@bentoml.service(name="capsnet", workers=1, traffic={"timeout": 30, "max_concurrency": 128})
 @bentoml.asgi_app(ui.app, path="/ui")
 class CapsNet:
-    engine = bentoml.depends(Engine)
+    def __init__(self) -> None:
+        self.runtime = CapsNetRuntime()
+        self.batcher = MicroBatcher(self.runtime)
+
+    def _predict(self, images: t.Any) -> Prediction:
+        return self.batcher.predict(validate_images(images))
 
     @bentoml.api
     def classify(self, images: t.Any) -> dict:
         """{"images": N x 28 x 28 numbers in [0, 1]} -> {"labels": [N], "lengths": [N x 10]}"""
         try:
-            batch = validate_images(images)
-        except InvalidInput as err:
-            return bad_request(err)
-        lengths = self.engine.lengths(batch)
-        return {"labels": np.argmax(lengths, 1).tolist(), "lengths": lengths.tolist()}
+            p = self._predict(images)
+        except (InvalidInput, Overloaded) as err:
+            return error_response(err)
+        return {"labels": p.labels.tolist(), "lengths": p.lengths.tolist()}
 
     @bentoml.api
     def classify_image(self, image: Path) -> dict:
         """multipart field `image` (PNG, JPEG, BMP, GIF, WebP) -> {"label": int, "lengths": [10]}"""
         try:
-            batch = preprocess(image.read_bytes())[None]
-        except InvalidInput as err:
-            return bad_request(err)
-        lengths = self.engine.lengths(batch)[0]
-        return {"label": int(np.argmax(lengths)), "lengths": lengths.tolist()}
+            p = self.batcher.predict(preprocess(image.read_bytes())[None])
+        except (InvalidInput, Overloaded) as err:
+            return error_response(err)
+        return {"label": int(p.labels[0]), "lengths": p.lengths[0].tolist()}
 
     @bentoml.api
     def reconstruct(self, images: t.Any) -> dict:
         """Same body as /classify -> {"labels": [N], "reconstructions": [N x 28 x 28]}"""
         try:
-            batch = validate_images(images)
-        except InvalidInput as err:
-            return bad_request(err)
-        both = self.engine.lengths_and_reconstructions(batch)
-        n_classes = both.shape[1] - IMAGE_SIZE * IMAGE_SIZE
-        return {"labels": np.argmax(both[:, :n_classes], 1).tolist(),
-                "reconstructions": both[:, n_classes:].reshape(-1, IMAGE_SIZE, IMAGE_SIZE).round(5).tolist()}
+            p = self._predict(images)
+        except (InvalidInput, Overloaded) as err:
+            return error_response(err)
+        return {"labels": p.labels.tolist(), "reconstructions": p.reconstructions.round(5).tolist()}
 
     @bentoml.api
     def metadata(self) -> dict:
         """Model name, sha256, test accuracy, opset, routing iterations, execution providers in use."""
-        return self.engine.describe()
+        return self.runtime.describe()
 
 
 CapsNet.add_asgi_middleware(RequestGate)  # size limit, upload form check

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import bentoml
 import numpy as np
 from starlette.applications import Starlette
@@ -16,7 +17,9 @@ from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Route
 
 from serving.preprocess import preprocess
-from serving.runtime import IMAGE_SIZE, InvalidInput, TooLarge
+from serving.batching import Overloaded
+from serving.limits import error_response
+from serving.runtime import InvalidInput, Prediction
 
 PAGE = Path(__file__).with_name("static") / "index.html"
 
@@ -30,19 +33,22 @@ async def predict(request: Request) -> JSONResponse:
     upload = form.get("image")
     if upload is None or isinstance(upload, str):
         return JSONResponse({"error": "send the image as multipart field 'image'"}, status_code=400)
+    data = await upload.read()
+    batcher = bentoml.get_current_service().batcher
+
+    def run() -> tuple[np.ndarray, Prediction]:
+        batch = preprocess(data)[None]
+        return batch, batcher.predict(batch)
+
     try:
-        batch = preprocess(await upload.read())[None]
-    except InvalidInput as err:
-        return JSONResponse({"error": str(err)}, status_code=413 if isinstance(err, TooLarge) else 400)
-    service = bentoml.get_current_service()
-    both = await service.engine.to_async.lengths_and_reconstructions(batch)
-    n_classes = both.shape[1] - IMAGE_SIZE * IMAGE_SIZE
-    lengths = both[0, :n_classes]
+        batch, p = await anyio.to_thread.run_sync(run)
+    except (InvalidInput, Overloaded) as err:
+        return error_response(err)
     return JSONResponse({
-        "label": int(np.argmax(lengths)),
-        "lengths": lengths.round(4).tolist(),
+        "label": int(p.labels[0]),
+        "lengths": p.lengths[0].round(4).tolist(),
         "input": batch[0, 0].round(3).tolist(),
-        "reconstruction": both[0, n_classes:].reshape(IMAGE_SIZE, IMAGE_SIZE).round(3).tolist(),
+        "reconstruction": p.reconstructions[0].round(3).tolist(),
     })
 
 
