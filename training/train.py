@@ -212,6 +212,8 @@ def main(argv: list[str] | None = None) -> dict:
     (x, y), val = split_train_val(*load_split("train", args.data), args.val)
     x, y = x[:args.limit].to(device), y[:args.limit].to(device)
     x_test, y_test = (t.to(device) for t in load_split("test", args.data, args.test_limit))
+    if val is not None:
+        val = tuple(t.to(device) for t in val)  # once, not every epoch
 
     model = build_model(args.arch, args.routing_iters).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -262,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
             dist.all_gather(sums, checksum)
             record["rank_param_sums"] = [s.item() for s in sums]
         if val is not None:
-            record["val_acc"] = accuracy(eval_model, val[0].to(device), val[1].to(device), autocast=autocast)
+            record["val_acc"] = accuracy(eval_model, *val, autocast=autocast)
         if dist_info.main:
             print(json.dumps(record), file=sys.stderr)
             with open(out / METRICS, "a") as f:
