@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-EPS = 1e-9  # keeps |s| and |v| differentiable at zero
+EPS = 1e-7  # keeps |s| and |v| differentiable at zero; ONNX export drops an added constant of 1e-8 or less as "x + 0"
 
 
 @dataclass(frozen=True)
