@@ -1,4 +1,4 @@
-"""python -m export: checkpoint -> artifacts/capsnet.onnx, verified against PyTorch."""
+"""python -m export: checkpoint -> artifacts/capsnet.onnx, verified against PyTorch, and its int8 and fp16 variants."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from export.onnx_export import DEFAULT_OPSET, VerificationError, export_and_verify, report_path
+from serving.runtime import VARIANTS
 from training.data import DEFAULT_ROOT
 
 
@@ -20,16 +21,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--verify-digits", type=int, default=1000, help="test digits compared with PyTorch")
     p.add_argument("--accuracy-digits", type=int, default=None, help="test digits for the ORT accuracy (all: 10,000)")
     p.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="MNIST root folder")
+    p.add_argument("--variants", nargs="*", choices=VARIANTS[1:], default=list(VARIANTS[1:]),
+                   help="variants written beside --out as capsnet-<variant>.onnx (none: --variants with no value)")
     args = p.parse_args(argv)
     try:
         report = export_and_verify(args.checkpoint, args.out, args.opset, args.verify_digits,
-                                   args.accuracy_digits, args.data)
+                                   args.accuracy_digits, args.data, tuple(args.variants))
     except VerificationError as err:
         print(f"export FAILED verification: {err}", file=sys.stderr)
         return 1
     for name, diffs in {**report["onnxruntime"], "onnx_reference": report["onnx_reference"]}.items():
         print(f"{name:>14}: " + "  ".join(f"{k}={v:.3g}" for k, v in diffs.items()))
     print(f"test accuracy through ONNX Runtime: {report['test_accuracy_ort']:.4%} on {report['test_digits']:,} digits")
+    for name, v in report["variants"].items():
+        verdict = "meets" if v["meets_accuracy_bar"] else "MISSES"
+        print(f"{name} variant: {v['test_accuracy_ort']:.4%} (loss against fp32: {v['accuracy_loss_points']:.2f} points;"
+              f" {verdict} the {v['accuracy_bar_points']}-point bar) -> {v['onnx']}")
     print(f"wrote {args.out} and {report_path(args.out)} ({report['seconds']} s)")
     return 0
 

@@ -129,8 +129,14 @@ def verify(onnx_path: Path | str, model: CapsNet, images: np.ndarray, labels: np
 
 
 def export_and_verify(checkpoint: Path | str, out: Path | str, opset: int = DEFAULT_OPSET, verify_digits: int = 1000,
-                      accuracy_digits: int | None = None, data_root: Path | str = DEFAULT_ROOT) -> dict[str, Any]:
-    """Export checkpoint to out, verify it, measure test accuracy through ORT, store metadata and report."""
+                      accuracy_digits: int | None = None, data_root: Path | str = DEFAULT_ROOT,
+                      variants: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Export checkpoint to out, verify it, measure test accuracy through ORT, store metadata and report.
+
+    variants ("int8", "fp16") are then written beside out and measured on the same test digits.
+    """
+    from export.variants import CALIBRATION_DIGITS, build_variants
+
     started = time.time()
     model, info = load_weights(checkpoint)
     export_onnx(model, out, opset)
@@ -148,9 +154,12 @@ def export_and_verify(checkpoint: Path | str, out: Path | str, opset: int = DEFA
         "opset": str(opset),
         "test_accuracy_ort": f"{accuracy:.4f}",
         "test_digits": str(len(images)),
+        "variant": "fp32",
     }
     set_metadata(out, metadata)
+    calibration = load_split("train", data_root, CALIBRATION_DIGITS)[0].numpy() if variants else None
     report.update({"onnx": str(out), "metadata": metadata, "test_accuracy_ort": accuracy, "test_digits": len(images),
+                   "variants": build_variants(out, list(variants), calibration, images, labels, metadata),
                    "seconds": round(time.time() - started, 1)})
     write_json(report_path(out), report)
     return report

@@ -1,4 +1,5 @@
-"""HTTP errors, and the ASGI middleware in front of the service: body size limit (413), upload form check (400).
+"""HTTP errors, and the ASGI middleware in front of the service: body size limit (413), upload form check (400),
+and the octet-stream form of /classify (serving/octets.py).
 
 Bodies over MAX_BODY_BYTES are refused from their Content-Length, or as soon as a chunked body
 grows past it. Uploads to the image route are parsed here first, so that a form without exactly one
@@ -14,8 +15,9 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from serving import octets
 from serving.batching import Overloaded
-from serving.runtime import TooLarge
+from serving.runtime import InvalidInput, TooLarge
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # 256 images as JSON fit in about 4 MB; uploads are capped at 10 MB
 UPLOAD_ROUTES = {"/classify_image": "image"}  # route -> its one file field
@@ -59,6 +61,11 @@ async def form_problem(scope: Scope, body: bytes, field: str) -> str | None:
     return None
 
 
+def content_type(scope: Scope) -> str:
+    raw = dict(scope.get("headers") or []).get(b"content-type", b"")
+    return raw.decode("latin-1").split(";")[0].strip().lower()
+
+
 class RequestGate:
     def __init__(self, app: Callable, max_bytes: int = MAX_BODY_BYTES) -> None:
         self.app = app
@@ -83,6 +90,12 @@ class RequestGate:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        if (scope["path"], scope["method"]) == (octets.ROUTE, "POST") and content_type(scope) == octets.CONTENT_TYPE:
+            try:
+                response = JSONResponse(await octets.classify_octets(body))
+            except (InvalidInput, Overloaded) as err:
+                response = error_response(err)
+            return await response(scope, receive, send)
         field = UPLOAD_ROUTES.get(scope["path"])
         if field and scope["method"] == "POST" and (problem := await form_problem(scope, body, field)):
             return await reply(send, 400, problem)

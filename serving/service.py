@@ -31,12 +31,15 @@ class CapsNet:
 
     @bentoml.api
     def classify(self, images: t.Any) -> dict:
-        """{"images": N x 28 x 28 numbers in [0, 1]} -> {"labels": [N], "lengths": [N x 10]}"""
+        """{"images": N x 28 x 28 numbers in [0, 1]} -> {"labels": [N], "lengths": [N x 10]}
+
+        The same route also takes the images as raw float32 (Content-Type: application/octet-stream),
+        answered by serving/octets.py before this JSON API is reached."""
         try:
             p = self._predict(images)
         except (InvalidInput, Overloaded) as err:
             return error_response(err)
-        return {"labels": p.labels.tolist(), "lengths": p.lengths.tolist()}
+        return p.classify_answer()
 
     @bentoml.api
     def classify_image(self, image: Path) -> dict:
@@ -62,4 +65,4 @@ class CapsNet:
         return self.runtime.describe()
 
 
-CapsNet.add_asgi_middleware(RequestGate)  # size limit, upload form check
+CapsNet.add_asgi_middleware(RequestGate)  # size limit, upload form check, octet-stream /classify

@@ -43,7 +43,8 @@ def tiny_run(tmp_path_factory, mnist_root) -> Path:
 
 @pytest.fixture(scope="session")
 def served_onnx(tmp_path_factory, mnist_root) -> Path:
-    """The ONNX file the service tests use: the published model if there is one, else a tiny one."""
+    """The fp32 ONNX file the service tests use, its int8 and fp16 variants beside it: the published model
+    if there is one, else a tiny one."""
     from export.onnx_export import export_and_verify
     from training.train import main
 
@@ -56,7 +57,7 @@ def served_onnx(tmp_path_factory, mnist_root) -> Path:
     out = folder / "capsnet.onnx"
     # the published model is checked on all 10,000 test digits, a tiny stand-in on 1,000
     export_and_verify(weights, out, verify_digits=1000, accuracy_digits=None if weights == PUBLISHED else 1000,
-                      data_root=mnist_root)
+                      data_root=mnist_root, variants=("int8", "fp16"))
     return out
 
 

@@ -1,3 +1,4 @@
+import collections
 import json
 import subprocess
 import sys
@@ -39,6 +40,26 @@ def test_graph_is_self_contained_with_dynamic_batch_and_metadata(exported, tiny_
     assert 0.0 <= float(meta["test_accuracy_ort"]) <= 1.0 and meta["test_digits"] == "1000"
     ops = {n.op_type for n in model.graph.node}
     assert "MatMul" in ops and "Loop" not in ops and "Softmax" in ops  # routing unrolled, batched MatMul
+
+
+def test_variants_are_written_beside_with_their_measured_accuracy(exported):
+    from serving.runtime import variant_path
+
+    report = json.loads(report_path(exported).read_text())
+    assert set(report["variants"]) == {"int8", "fp16"}
+    for name, v in report["variants"].items():
+        model = onnx.load(str(variant_path(exported, name)))
+        meta = {p.key: p.value for p in model.metadata_props}
+        assert meta["variant"] == name and meta["source_sha256"] == report["metadata"]["source_sha256"]
+        assert float(meta["accuracy_loss_points"]) == v["accuracy_loss_points"]
+        loss = round(100 * (report["test_accuracy_ort"] - v["test_accuracy_ort"]), 4)
+        assert v["accuracy_loss_points"] == loss and v["test_digits"] == 1000
+        assert meta["meets_accuracy_bar"] == str(loss <= v["accuracy_bar_points"]).lower()
+    ops = collections.Counter(n.op_type for n in onnx.load(str(variant_path(exported, "int8"))).graph.node)
+    assert ops["QuantizeLinear"] >= 2 and ops["DequantizeLinear"] >= 4  # both convolutions quantized
+    fp16 = onnx.load(str(variant_path(exported, "fp16")))
+    assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # float32 at the edges
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in fp16.graph.initializer)
 
 
 def test_verification_report_meets_tolerances(exported):

@@ -17,6 +17,12 @@ from training.data import load_split
 
 GOOD = [[0.0] * 28] * 28
 JSON = {"Content-Type": "application/json"}
+OCTETS = {"Content-Type": "application/octet-stream"}
+
+
+def raw(value: float, images: int = 1) -> bytes:
+    return np.full((images, 28, 28), value, dtype="<f4").tobytes()
+
 
 
 def png(image: Image.Image) -> bytes:
@@ -75,6 +81,11 @@ CASES = [
     ("form not multipart", "/classify_image", {"data": {"image": "hello"}}, 400, "multipart"),
     ("two files", "/classify_image", {"files": [("image", ("a.png", NOISE_PNG, "image/png")),
                                                ("image", ("b.png", NOISE_PNG, "image/png"))]}, 400, ""),
+    ("octets: empty body", "/classify", {"content": b"", "headers": OCTETS}, 400, "multiple of 3136"),
+    ("octets: partial image", "/classify", {"content": raw(0.5)[:-4], "headers": OCTETS}, 400, "3136 bytes"),
+    ("octets: NaN", "/classify", {"content": raw(float("nan")), "headers": OCTETS}, 400, "NaN"),
+    ("octets: above 1", "/classify", {"content": raw(2.0), "headers": OCTETS}, 400, "[0, 1]"),
+    ("octets: over the batch cap", "/classify", {"content": raw(0.5, 257), "headers": OCTETS}, 413, "at most 256"),
 ]
 
 

@@ -24,3 +24,11 @@ def test_published_model_accuracy_through_onnx_runtime(served_onnx):
     # The model card states 99.69%; the project's bar (issue: paper-grade model) is 99.70%.
     assert report["test_accuracy_ort"] >= 0.9969
     assert "99.69%" in (PUBLISHED.parent / "README.md").read_text()
+
+
+def test_published_variants_hold_their_accuracy_bars(served_onnx):
+    """int8 within 0.1 points of fp32 and fp16 within 0.05, on all 10,000 test digits (issue: benchmarks)."""
+    variants = json.loads(report_path(served_onnx).read_text())["variants"]
+    assert variants["int8"]["test_digits"] == variants["fp16"]["test_digits"] == 10_000
+    assert variants["int8"]["accuracy_loss_points"] <= 0.1 and variants["int8"]["meets_accuracy_bar"]
+    assert variants["fp16"]["accuracy_loss_points"] <= 0.05 and variants["fp16"]["meets_accuracy_bar"]

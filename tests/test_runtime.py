@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from serving.runtime import CapsNetRuntime, DeviceError, InvalidInput, TooLarge, create_session, validate_images
+from serving.runtime import (CapsNetRuntime, DeviceError, InvalidInput, TooLarge, create_session, validate_images,
+                             variant_path)
 from training.data import load_split
 
 
@@ -51,6 +52,41 @@ def test_runtime_predicts_like_the_exported_graph(served_onnx, mnist_root):
     info = runtime.describe()
     assert info["providers"] == ["CPUExecutionProvider"] and info["routing_iterations"] == 3
     assert info["source_sha256"] and info["opset"] == 18
+
+
+def test_cpu_default_is_int8_and_every_variant_agrees_with_fp32(served_onnx, mnist_root):
+    x = load_split("test", mnist_root, 512)[0].numpy()
+    auto = CapsNetRuntime(served_onnx, device="cpu", variant="auto")
+    assert auto.variant == "int8" and auto.model_path == variant_path(served_onnx, "int8")
+    info = auto.describe()
+    assert info["variant"] == "int8" and info["model_file"] == "capsnet-int8.onnx"
+    assert 0 <= info["accuracy_loss_points"] <= 0.1
+    fp32 = CapsNetRuntime(served_onnx, device="cpu", variant="fp32").predict(x)
+    for name in ("int8", "fp16"):
+        got = CapsNetRuntime(served_onnx, device="cpu", variant=name).predict(x)
+        assert (got.labels == fp32.labels).mean() >= 0.99
+        assert np.abs(got.lengths - fp32.lengths).max() < (0.2 if name == "int8" else 0.01)
+
+
+def test_auto_falls_back_to_fp32_when_the_variant_missed_its_bar(served_onnx, tmp_path):
+    import shutil
+
+    import onnx
+
+    shutil.copy(served_onnx, tmp_path / "capsnet.onnx")
+    int8 = onnx.load(str(variant_path(served_onnx, "int8")))
+    for prop in int8.metadata_props:
+        if prop.key == "meets_accuracy_bar":
+            prop.value = "false"
+    onnx.save(int8, str(tmp_path / "capsnet-int8.onnx"))
+    assert CapsNetRuntime(tmp_path / "capsnet.onnx", device="cpu").variant == "fp32"
+    assert CapsNetRuntime(tmp_path / "capsnet.onnx", device="cpu", variant="int8").variant == "int8"  # asked for
+    (tmp_path / "capsnet-int8.onnx").unlink()
+    assert CapsNetRuntime(tmp_path / "capsnet.onnx", device="cpu").variant == "fp32"
+    with pytest.raises(FileNotFoundError, match="CAPSNET_VARIANT=int8: .*capsnet-int8.onnx does not exist"):
+        CapsNetRuntime(tmp_path / "capsnet.onnx", device="cpu", variant="int8")
+    with pytest.raises(ValueError, match="expected auto or one of fp32, int8, fp16"):
+        CapsNetRuntime(tmp_path / "capsnet.onnx", device="cpu", variant="int4")
 
 
 def test_cuda_without_a_gpu_stops_instead_of_falling_back(served_onnx):

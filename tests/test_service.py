@@ -44,6 +44,27 @@ def test_classify_real_digits_matches_in_process_onnx_runtime(service_url, digit
         assert np.mean(np.array(body["labels"]) == labels[:64]) >= 0.98
 
 
+def test_classify_octet_stream_gives_the_json_answer(service_url, digits):
+    images, _, expected = digits
+    raw = httpx.post(service_url + "/classify", content=images[:64].astype("<f4").tobytes(),
+                     headers={"Content-Type": "application/octet-stream"}, timeout=60)
+    assert raw.status_code == 200 and raw.headers["content-type"] == "application/json"
+    assert raw.json()["labels"] == expected[:64].tolist()
+    as_json = post(service_url, "/classify", {"images": images[:64].tolist()}).json()
+    assert np.allclose(raw.json()["lengths"], as_json["lengths"], atol=1e-6)
+
+
+def test_metadata_reports_the_variant_in_use(service_url, served_onnx):
+    from export.onnx_export import report_path
+
+    info = httpx.post(service_url + "/metadata", timeout=30).json()
+    if json.loads(report_path(served_onnx).read_text())["variants"]["int8"]["meets_accuracy_bar"]:
+        assert info["variant"] == "int8" and info["model_file"] == "capsnet-int8.onnx"  # the CPU default
+        assert 0 <= info["accuracy_loss_points"] <= 0.1
+    else:  # a tiny stand-in model whose int8 variant missed its bar
+        assert info["variant"] == "fp32" and info["model_file"] == "capsnet.onnx"
+
+
 def test_classify_accepts_n_by_1_by_28_by_28(service_url, digits):
     images, _, expected = digits
     r = post(service_url, "/classify", {"images": images[:3, None].tolist()})
