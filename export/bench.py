@@ -1,8 +1,10 @@
 """python -m export.bench: inference throughput, PyTorch eager against ONNX Runtime, in one run.
 
 Every engine runs the same weights on the same real MNIST test digits; each number is the median
-of --repeats timed runs after a warm-up. Prints a table with ratios to PyTorch eager and writes
-runs/bench/bench.json and runs/bench/bench.png.
+of --repeats timed runs after a warm-up. On the CPU: PyTorch eager, ORT fp32 (all and basic graph
+optimizations), the broadcast-routing graph, ORT int8. On CUDA: PyTorch eager TF32, ORT fp32 and
+fp16 with IO binding (input and output stay on the GPU), the broadcast graph. Prints a table with
+ratios to PyTorch eager and the targets' ratios, and writes runs/bench/bench.json and bench.png.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import onnxruntime as ort
 import torch
 
 from export.broadcast import export_broadcast
+from serving.runtime import variant_path
 from training.checkpoint import load_weights
 from training.data import DEFAULT_ROOT, load_split
 
@@ -56,10 +59,31 @@ def node_counts(path: Path) -> dict[str, int]:
     return dict(collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node).most_common())
 
 
+def ort_run(session: ort.InferenceSession) -> Callable:
+    """factory(batch) -> one plain session.run of that batch (numpy in, numpy out)."""
+    return lambda images: lambda: session.run(["lengths"], {"image": images})
+
+
+def ort_iobinding(session: ort.InferenceSession, device: str) -> Callable:
+    """factory(batch) -> one run with the input already on `device` and the output left there."""
+    def factory(images: np.ndarray) -> Callable:
+        binding = session.io_binding()
+        binding.bind_ortvalue_input("image", ort.OrtValue.ortvalue_from_numpy(images, device, 0))
+        binding.bind_output("lengths", device)
+
+        def run() -> list[ort.OrtValue]:
+            session.run_with_iobinding(binding)
+            return binding.get_outputs()  # left on the device
+        return run
+    return factory
+
+
 def engines(weights: Path, onnx_files: dict[str, tuple[Path, str]], device: str, threads: int
             ) -> dict[str, Callable]:
     """name -> factory(batch ndarray) -> zero-argument callable that runs one batch."""
     model, _ = load_weights(weights, device)
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     found: dict[str, Callable] = {}
 
     def torch_engine(images: np.ndarray) -> Callable:
@@ -82,11 +106,22 @@ def engines(weights: Path, onnx_files: dict[str, tuple[Path, str]], device: str,
         options.graph_optimization_level = OPT_LEVELS[level]
         providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
         session = ort.InferenceSession(str(path), options, providers=providers)
-
-        def ort_engine(images: np.ndarray, session=session) -> Callable:
-            return lambda: session.run(["lengths"], {"image": images})
-        found[f"ort-{name}"] = ort_engine
+        found[f"ort-{name}"] = ort_iobinding(session, device) if device == "cuda" else ort_run(session)
     return found
+
+
+def onnx_files_for(fp32: Path, device: str) -> dict[str, tuple[Path, str]]:
+    """The ONNX engines timed on this device: name -> (file, graph optimization level)."""
+    if device == "cuda":
+        return {"fp32": (fp32, "all"), "fp16": (variant_path(fp32, "fp16"), "all")}
+    return {"fp32": (fp32, "all"), "fp32-optbasic": (fp32, "basic"), "int8": (variant_path(fp32, "int8"), "all")}
+
+
+TARGETS = (  # (numerator engine, denominator engine, batch, target ratio): the benchmark issue's targets
+    ("ort-fp32", "ort-fp32-broadcast", 64, 1.4),
+    ("ort-int8", "ort-fp32", 64, 1.7),
+    ("ort-fp16", "pytorch-eager-tf32", 1024, 1.5),
+)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -106,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     batches = args.batches or (GPU_BATCHES if args.device == "cuda" else CPU_BATCHES)
     digits = load_split("test", args.data, max(batches))[0].numpy()
-    onnx_files = {"fp32": (args.onnx, "all"), "fp32-optbasic": (args.onnx, "basic")}
+    onnx_files = onnx_files_for(args.onnx, args.device)
     if args.broadcast:
         args.out.mkdir(parents=True, exist_ok=True)
         broadcast = export_broadcast(load_weights(args.weights)[0], args.out / "capsnet-broadcast.onnx")
@@ -124,13 +159,18 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\n{'engine':>22} " + " ".join(f"{'b=' + str(b):>16}" for b in batches))
     for name, row in table.items():
         print(f"{name:>22} " + " ".join(f"{row[b]:>9.0f} ({row[b] / table[base][b]:.2f}x)" for b in batches))
+    ratios = {}
+    for top, bottom, batch, target in TARGETS:
+        if top in table and bottom in table and batch in batches:
+            ratios[f"{top}/{bottom}@{batch}"] = ratio = round(table[top][batch] / table[bottom][batch], 3)
+            print(f"{top} / {bottom} at batch {batch}: {ratio:.2f}x (target {target}x)")
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"},
         "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__, "python": platform.python_version()},
         "date": time.strftime("%Y-%m-%d"), "repeats": args.repeats, "threads": args.threads,
         "images_per_s": {name: {str(b): round(v, 1) for b, v in row.items()} for name, row in table.items()},
-        "ratio_to": base,
+        "ratio_to": base, "target_ratios": ratios,
         "onnx_node_counts": {name: node_counts(path) for name, (path, _) in onnx_files.items() if path.exists()},
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,8 @@ default variant.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 import time
 from pathlib import Path
@@ -47,11 +49,12 @@ def make_int8(fp32_path: Path | str, out: Path | str, calibration: np.ndarray) -
     with tempfile.TemporaryDirectory() as folder:
         prepared = Path(folder) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        quantize_static(
-            str(prepared), str(tmp), DigitReader(calibration), quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=["Conv"], per_channel=True, activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.Percentile,
-        )
+        with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints its progress
+            quantize_static(
+                str(prepared), str(tmp), DigitReader(calibration), quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=["Conv"], per_channel=True, activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.Percentile,
+            )
     tmp.replace(out)
     return out
 

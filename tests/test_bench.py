@@ -10,8 +10,25 @@ def test_bench_times_every_engine_and_writes_json_and_plot(served_onnx, tiny_run
                    "--data", str(mnist_root), "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["images_per_s"] == report["images_per_s"]
-    assert set(saved["images_per_s"]) == {"pytorch-eager", "ort-fp32", "ort-fp32-optbasic", "ort-fp32-broadcast"}
+    assert set(saved["images_per_s"]) == {"pytorch-eager", "ort-fp32", "ort-fp32-optbasic", "ort-int8",
+                                          "ort-fp32-broadcast"}
     assert all(v > 0 for row in saved["images_per_s"].values() for v in row.values())
     counts = saved["onnx_node_counts"]
     assert counts["fp32"].get("MatMul", 0) > counts["fp32-broadcast"].get("MatMul", 0)
     assert (tmp_path / "bench.png").stat().st_size > 5000
+    assert set(saved["target_ratios"]) == set()  # batch 64 was not timed: no target ratio to report
+
+
+def test_iobinding_runs_the_same_graph(served_onnx, mnist_root):
+    """The GPU engines bind input and output to the device; on the CPU the same code must give the same answer."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from export.bench import ort_iobinding
+    from training.data import load_split
+
+    x = load_split("test", mnist_root, 8)[0].numpy()
+    session = ort.InferenceSession(str(served_onnx), providers=["CPUExecutionProvider"])
+    run = ort_iobinding(session, "cpu")(x)
+    (lengths,) = run()
+    assert np.allclose(lengths.numpy(), session.run(["lengths"], {"image": x})[0], atol=1e-6)
