@@ -124,6 +124,29 @@ TARGETS = (  # (numerator engine, denominator engine, batch, target ratio): the 
 )
 
 
+def plot(report: dict, path: Path) -> None:
+    """Images/s against batch size, one line per engine, from a bench.json report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, row in report["images_per_s"].items():
+        ax.plot([int(b) for b in row], list(row.values()), marker="o", label=name)
+    batches = [int(b) for b in next(iter(report["images_per_s"].values()))]
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images / s")
+    ax.set_title(f"CapsNet inference, {report['machine']['device']} ({report['machine']['cpus']} CPUs), "
+                 f"{report['date']}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m export.bench", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -175,20 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name, row in table.items():
-        ax.plot(batches, [row[b] for b in batches], marker="o", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("images / s")
-    ax.set_title(f"CapsNet inference, {report['machine']['device']}, {report['date']}", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.savefig(args.out / "bench.png", dpi=110, bbox_inches="tight")
+    plot(report, args.out / "bench.png")
     print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.png'}", file=sys.stderr)
     return report
 

@@ -83,24 +83,34 @@ def swarm(url: str, users: int, duration: int, out: Path, env: dict[str, str]) -
             "images_per_s": round(stats["requests_per_s"] * images, 1)}
 
 
-def plot(steps: list[dict], in_process: float, images_per_request: int, path: Path) -> None:
+def plot(summary: dict, path: Path) -> None:
+    """Served images/s and p99 per user count, against the in-process rate and the p99 SLO."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    steps, in_process = summary["steps"], summary["in_process_best_images_per_s"]
     users = [s["users"] for s in steps]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(users, [s["images_per_s"] for s in steps], marker="o",
-            label=f"served images/s ({images_per_request} per request)")
-    ax.axhline(in_process, color="gray", linestyle="--", label="in-process ONNX Runtime, best batch size")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("Locust users")
-    ax.set_ylabel("images / s")
-    right = ax.twinx()
-    right.plot(users, [s["p99_ms"] for s in steps], marker="s", color="#cc6677", label="p99 latency")
-    right.set_ylabel("p99 (ms)")
-    fig.legend(fontsize=7, loc="upper left")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.3))
+    left.plot(users, [s["images_per_s"] for s in steps], marker="o",
+              label=f"served ({summary['images_per_request']} per request, {summary['body']})")
+    left.axhline(in_process, color="gray", linestyle="--", label="in-process ONNX Runtime, best batch size")
+    left.axhline(0.8 * in_process, color="gray", linestyle=":", label="80% of in-process")
+    left.set_ylim(0, 1.15 * max(in_process, *[s["images_per_s"] for s in steps]))
+    left.set_ylabel("images / s")
+    right.plot(users, [s["p99_ms"] for s in steps], marker="s", color="#cc6677", label="p99")
+    right.plot(users, [s["p50_ms"] for s in steps], marker=".", color="#882255", label="p50")
+    right.axhline(summary["slo"]["p99_ms"], color="gray", linestyle=":",
+                  label=f"p99 SLO at {summary['slo']['at_users']} users")
+    right.set_ylim(bottom=0)
+    right.set_ylabel("latency (ms)")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(users, [str(u) for u in users])
+        ax.set_xlabel("Locust users")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{summary['variant']} model, {summary['cpus']} CPUs, {summary['date']}", fontsize=9)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
@@ -170,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                 "checked": slo_step is not None, "passed": not problems},
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot(steps, in_process, args.images_per_request, args.out / "loadtest.png")
+    plot(summary, args.out / "loadtest.png")
     print(f"\n{variant} model, {args.images_per_request} images per request as {args.body}")
     print(f"{'users':>6} {'req/s':>8} {'images/s':>9} {'p50':>6} {'p95':>6} {'p99':>6} {'fails':>6} {'of in-process':>14}")
     for s in steps:
