@@ -13,6 +13,7 @@ import yaml
 
 from export.onnx_export import report_path
 from loadtest.server import running_service
+from serving.runtime import VARIANTS, variant_path
 from training.data import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +23,8 @@ def test_built_bento_has_no_torch_and_serves(served_onnx, tmp_path, mnist_root):
     context = tmp_path / "context"
     shutil.copytree(ROOT / "serving", context / "serving", ignore=shutil.ignore_patterns("__pycache__"))
     (context / "artifacts").mkdir()
-    shutil.copy(served_onnx, context / "artifacts" / "capsnet.onnx")
+    for variant in VARIANTS:
+        shutil.copy(variant_path(served_onnx, variant), variant_path(context / "artifacts" / "capsnet.onnx", variant))
     shutil.copy(report_path(served_onnx), context / "artifacts" / "capsnet.verify.json")
     (context / "models").mkdir()
     shutil.copy(ROOT / "models" / "README.md", context / "models" / "README.md")
@@ -35,7 +37,8 @@ def test_built_bento_has_no_torch_and_serves(served_onnx, tmp_path, mnist_root):
     bento = tmp_path / "bentoml-home" / "bentos" / tag.replace(":", "/")
     files = {str(p.relative_to(bento / "src")) for p in (bento / "src").rglob("*") if p.is_file()}
     assert {"serving/service.py", "serving/runtime.py", "serving/static/index.html",
-            "artifacts/capsnet.onnx", "models/README.md"} <= files
+            "artifacts/capsnet.onnx", "artifacts/capsnet-int8.onnx", "artifacts/capsnet-fp16.onnx",
+            "models/README.md"} <= files
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()
     assert "onnxruntime-gpu==1.31.1" in requirements
     assert not re.search(r"^torch", requirements, re.M)
@@ -48,4 +51,5 @@ def test_built_bento_has_no_torch_and_serves(served_onnx, tmp_path, mnist_root):
                        headers={"Content-Type": "application/json"}, timeout=60)
         assert r.status_code == 200 and len(r.json()["labels"]) == 2
         meta = httpx.post(url + "/metadata", json={}, timeout=60).json()
-        assert meta["model_file"] == "capsnet.onnx"
+        int8_holds = json.loads(report_path(served_onnx).read_text())["variants"]["int8"]["meets_accuracy_bar"]
+        assert meta["model_file"] == ("capsnet-int8.onnx" if int8_holds else "capsnet.onnx")  # the CPU default
