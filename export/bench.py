@@ -24,11 +24,12 @@ import onnxruntime as ort
 import torch
 
 from export.broadcast import export_broadcast
-from serving.runtime import variant_path
+from serving.runtime import INPUT, OUTPUTS, variant_path
 from training.checkpoint import load_weights
 from training.data import DEFAULT_ROOT, load_split
 
 CPU_BATCHES = (1, 8, 64, 256)
+LENGTHS = OUTPUTS[0]  # the timed output: the class scores
 GPU_BATCHES = (1, 8, 64, 256, 1024, 4096)
 
 
@@ -61,15 +62,15 @@ def node_counts(path: Path) -> dict[str, int]:
 
 def ort_run(session: ort.InferenceSession) -> Callable:
     """factory(batch) -> one plain session.run of that batch (numpy in, numpy out)."""
-    return lambda images: lambda: session.run(["lengths"], {"image": images})
+    return lambda images: lambda: session.run([LENGTHS], {INPUT: images})
 
 
 def ort_iobinding(session: ort.InferenceSession, device: str) -> Callable:
     """factory(batch) -> one run with the input already on `device` and the output left there."""
     def factory(images: np.ndarray) -> Callable:
         binding = session.io_binding()
-        binding.bind_ortvalue_input("image", ort.OrtValue.ortvalue_from_numpy(images, device, 0))
-        binding.bind_output("lengths", device)
+        binding.bind_ortvalue_input(INPUT, ort.OrtValue.ortvalue_from_numpy(images, device, 0))
+        binding.bind_output(LENGTHS, device)
 
         def run() -> list[ort.OrtValue]:
             session.run_with_iobinding(binding)

@@ -18,12 +18,11 @@ import onnxruntime as ort
 import torch
 from onnx.reference import ReferenceEvaluator
 
+from serving.runtime import INPUT, OUTPUTS  # the graph's I/O names, defined once beside the service
 from training.checkpoint import load_weights, write_json
 from training.data import DEFAULT_ROOT, load_split
 from training.model import CapsNet
 
-INPUT = "image"
-OUTPUTS = ("lengths", "poses", "reconstruction")
 DEFAULT_OPSET = 18
 TOLERANCE = {"lengths": 1e-4, "reconstruction": 1e-3}
 VERIFY_BATCH_SIZES = (1, 7, 256)

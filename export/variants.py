@@ -26,8 +26,8 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from export.onnx_export import INPUT, ort_accuracy, set_metadata
-from serving.runtime import variant_path
+from export.onnx_export import ort_accuracy, set_metadata
+from serving.runtime import INPUT, variant_path
 
 ACCURACY_BAR_POINTS = {"int8": 0.1, "fp16": 0.05}  # largest accepted test-accuracy loss against fp32
 CALIBRATION_DIGITS = 1000

@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "model": str(args.model), "variant": variant, "date": time.strftime("%Y-%m-%d %H:%M"),
         "cpus": os.cpu_count(), "images_per_request": args.images_per_request, "body": args.body,
-        "in_process_images_per_s": rates, "in_process_before_after": [before, after], "in_process_best_images_per_s": in_process, "steps": steps,
+        "in_process_images_per_s": rates, "in_process_before_after": [before, after],
+        "in_process_best_images_per_s": in_process, "steps": steps,
         "best_fraction_of_in_process": max(s["fraction_of_in_process"] for s in steps),
         "slo": {"failures": 0, "p99_ms": args.slo_p99_ms, "at_users": args.slo_users,
                 "checked": slo_step is not None, "passed": not problems},
