@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from export.onnx_export import DEFAULT_OPSET, VerificationError, export_and_verify, report_path
-from serving.runtime import VARIANTS
-from training.data import DEFAULT_ROOT
+from export.artifact import VARIANTS
+from mnist import DEFAULT_ROOT
 
 
 def main(argv: list[str] | None = None) -> int:

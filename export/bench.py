@@ -24,9 +24,9 @@ import onnxruntime as ort
 import torch
 
 from export.broadcast import export_broadcast
-from serving.runtime import INPUT, OUTPUTS, variant_path
+from export.artifact import INPUT, OUTPUTS, variant_path
 from training.checkpoint import load_weights
-from training.data import DEFAULT_ROOT, load_split
+from mnist import DEFAULT_ROOT, read_split
 
 CPU_BATCHES = (1, 8, 64, 256)
 LENGTHS = OUTPUTS[0]  # the timed output: the class scores
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for bench.json and bench.png")
     args = p.parse_args(argv)
     batches = args.batches or (GPU_BATCHES if args.device == "cuda" else CPU_BATCHES)
-    digits = load_split("test", args.data, max(batches))[0].numpy()
+    digits = read_split("test", args.data, max(batches))[0][:, None]
     onnx_files = onnx_files_for(args.onnx, args.device)
     if args.broadcast:
         args.out.mkdir(parents=True, exist_ok=True)

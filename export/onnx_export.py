@@ -7,20 +7,20 @@ A failed check raises VerificationError, and the CLI exits non-zero.
 
 from __future__ import annotations
 
-import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from onnx.reference import ReferenceEvaluator
 
-from serving.runtime import INPUT, OUTPUTS  # the graph's I/O names, defined once beside the service
+from export.artifact import INPUT, OUTPUTS, VARIANTS, cpu_session, ort_accuracy, ort_outputs, set_metadata, variant_path
+from export.variants import CALIBRATION_DIGITS, build_variants
 from training.checkpoint import load_weights, write_json
-from training.data import DEFAULT_ROOT, load_split
+from mnist import DEFAULT_ROOT, read_split
 from training.model import CapsNet
 
 DEFAULT_OPSET = 18
@@ -53,21 +53,6 @@ def export_onnx(model: CapsNet, out: Path | str, opset: int = DEFAULT_OPSET) -> 
     return out
 
 
-def set_metadata(onnx_path: Path | str, metadata: dict[str, Any]) -> None:
-    """Store metadata as the model's metadata_props (strings; dicts as JSON)."""
-    proto = onnx.load(str(onnx_path))
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
-    onnx.save(proto, str(onnx_path))
-
-
-def ort_outputs(session: ort.InferenceSession, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
-    parts = [session.run(list(OUTPUTS), {INPUT: images[i:i + batch_size]}) for i in range(0, len(images), batch_size)]
-    return {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(OUTPUTS)}
-
-
 @torch.no_grad()
 def torch_outputs(model: CapsNet, images: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
     parts = [model(torch.from_numpy(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
@@ -95,18 +80,13 @@ def check(name: str, diffs: dict[str, float]) -> list[str]:
     return failures
 
 
-def ort_accuracy(session: ort.InferenceSession, images: np.ndarray, labels: np.ndarray, batch_size: int = 256
-                 ) -> float:
-    return float((ort_outputs(session, images, batch_size)["lengths"].argmax(1) == labels).mean())
-
-
 def verify(onnx_path: Path | str, model: CapsNet, images: np.ndarray, labels: np.ndarray, reference_digits: int = 2
            ) -> dict[str, Any]:
     """All checks on onnx_path; returns the report, raises VerificationError if any check fails."""
     onnx_path = Path(onnx_path)
     onnx.checker.check_model(str(onnx_path), full_check=True)
     expected = torch_outputs(model, images)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = cpu_session(onnx_path)
     report: dict[str, Any] = {"digits": len(images), "checker": "onnx.checker.check_model(full_check=True): ok",
                               "tolerance": TOLERANCE, "onnxruntime": {}}
     failures = []
@@ -133,32 +113,46 @@ def export_and_verify(checkpoint: Path | str, out: Path | str, opset: int = DEFA
     """Export checkpoint to out, verify it, measure test accuracy through ORT, store metadata and report.
 
     variants ("int8", "fp16") are then written beside out and measured on the same test digits.
+    Everything is made in a staging folder beside out and moved into place only when all of it
+    passed, so a failed export writes nothing; variant files beside out that this export did not
+    make are removed, so that no variant of older weights stays next to the new graph.
     """
-    from export.variants import CALIBRATION_DIGITS, build_variants
-
     started = time.time()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     model, info = load_weights(checkpoint)
-    export_onnx(model, out, opset)
-    x_test, y_test = load_split("test", data_root, accuracy_digits)
-    images, labels = x_test.numpy(), y_test.numpy()
-    report = verify(out, model, images[:verify_digits], labels[:verify_digits])
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    accuracy = ort_accuracy(session, images, labels)
-    metadata = {
-        "model_name": "capsnet-mnist",
-        "source_weights": Path(checkpoint).name,
-        "source_sha256": info["sha256"],
-        "config": info["config"],
-        "routing_iterations": str(info["config"]["routing_iters"]),
-        "opset": str(opset),
-        "test_accuracy_ort": f"{accuracy:.4f}",
-        "test_digits": str(len(images)),
-        "variant": "fp32",
-    }
-    set_metadata(out, metadata)
-    calibration = load_split("train", data_root, CALIBRATION_DIGITS)[0].numpy() if variants else None
-    report.update({"onnx": str(out), "metadata": metadata, "test_accuracy_ort": accuracy, "test_digits": len(images),
-                   "variants": build_variants(out, list(variants), calibration, images, labels, metadata),
-                   "seconds": round(time.time() - started, 1)})
+    images, labels = read_split("test", data_root, accuracy_digits)
+    images = images[:, None]
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as folder:
+        staged = Path(folder) / out.name
+        export_onnx(model, staged, opset)
+        report = verify(staged, model, images[:verify_digits], labels[:verify_digits])
+        accuracy = ort_accuracy(cpu_session(staged), images, labels)
+        metadata = {
+            "model_name": "capsnet-mnist",
+            "source_weights": Path(checkpoint).name,
+            "source_sha256": info["sha256"],
+            "config": info["config"],
+            "routing_iterations": str(info["config"]["routing_iters"]),
+            "opset": str(opset),
+            "test_accuracy_ort": f"{accuracy:.4f}",
+            "test_digits": str(len(images)),
+            "variant": "fp32",
+        }
+        set_metadata(staged, metadata)
+        calibration = read_split("train", data_root, CALIBRATION_DIGITS)[0][:, None] if variants else None
+        built = build_variants(staged, list(variants), calibration, images, labels, metadata)
+        # the fp32 file names its variants: the service finds them through this, not through our code
+        set_metadata(staged, {**metadata, "variants": {name: variant_path(out, name).name for name in built}})
+        for name, variant in built.items():
+            variant["onnx"] = str(variant_path(out, name))
+        report.update({"onnx": str(out), "metadata": metadata, "test_accuracy_ort": accuracy,
+                       "test_digits": len(images), "variants": built, "seconds": round(time.time() - started, 1)})
+        for name in VARIANTS[1:]:
+            if name in built:
+                variant_path(staged, name).replace(variant_path(out, name))
+            else:
+                variant_path(out, name).unlink(missing_ok=True)
+        staged.replace(out)
     write_json(report_path(out), report)
     return report

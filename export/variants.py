@@ -21,13 +21,11 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from export.onnx_export import ort_accuracy, set_metadata
-from serving.runtime import INPUT, variant_path
+from export.artifact import INPUT, cpu_session, ort_accuracy, set_metadata, variant_path
 
 ACCURACY_BAR_POINTS = {"int8": 0.1, "fp16": 0.05}  # largest accepted test-accuracy loss against fp32
 CALIBRATION_DIGITS = 1000
@@ -83,7 +81,7 @@ def build_variants(fp32_path: Path | str, variants: list[str], calibration: np.n
             make_fp16(fp32_path, out)
         else:
             raise ValueError(f"unknown variant {name!r}: expected one of {', '.join(ACCURACY_BAR_POINTS)}")
-        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        session = cpu_session(out)
         accuracy = ort_accuracy(session, images, labels)
         loss = round(100 * (fp32_accuracy - accuracy), 4)
         report = {"onnx": str(out), "test_accuracy_ort": accuracy, "test_digits": len(images),

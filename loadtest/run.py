@@ -23,14 +23,14 @@ import numpy as np
 
 from loadtest.server import running_service
 from serving.runtime import MAX_BATCH, VARIANTS, CapsNetRuntime
-from training.data import DEFAULT_ROOT, load_split
+from mnist import DEFAULT_ROOT, read_split
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
 
 def prepare_digits(path: Path, runtime: CapsNetRuntime, count: int, data_root: Path) -> None:
     """Real test digits plus the labels the ONNX model gives them in-process."""
-    images = load_split("test", data_root, count)[0].numpy()
+    images = read_split("test", data_root, count)[0][:, None]
     np.savez(path, images=images[:, 0], expected=runtime.predict(images).labels)
 
 

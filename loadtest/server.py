@@ -47,12 +47,14 @@ class Service:
 
 @contextlib.contextmanager
 def running_service(port: int | None = None, target: str = SERVICE, env: dict[str, str] | None = None,
-                    log: Path | None = None, timeout: float = 180) -> Iterator[Service]:
-    """Yield a running `bentoml serve` process (URL and pid); stop its whole process group afterwards."""
+                    log: Path | None = None, timeout: float = 180, python: str = sys.executable
+                    ) -> Iterator[Service]:
+    """Yield a running `bentoml serve` process (URL and pid), run by `python`; stop its whole process group
+    afterwards."""
     port = port or free_port()
     out = open(log, "w") if log else subprocess.DEVNULL
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", target, "--host", HOST, "--port", str(port)],
+        [python, "-m", "bentoml", "serve", target, "--host", HOST, "--port", str(port)],
         env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://{HOST}:{port}"

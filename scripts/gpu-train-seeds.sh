@@ -19,7 +19,7 @@ fi
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
   python3 -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.version.cuda)"; } > "$WORK/machine.txt"
 cat "$WORK/machine.txt"
-python3 -c "from training.data import ensure_mnist; print(ensure_mnist())" || exit 1
+python3 -c "from mnist import ensure_mnist; print(ensure_mnist())" || exit 1
 pids=()
 for seed in $SEEDS; do
   python3 -m training --seed "$seed" --ema 0.999 --lr-decay 0.95 --epochs "$EPOCHS" --max-minutes "$MINUTES" \

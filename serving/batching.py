@@ -3,7 +3,11 @@
 One worker thread owns the session's runs. It takes the oldest waiting request, adds every other
 request already waiting (up to max_batch images), runs them as one batch and hands each request its
 rows. Nothing waits on a timer: at low load a request runs alone at once; under load, requests pile
-up while a batch runs and form the next one. A full queue answers Overloaded (HTTP 503) at once.
+up while a batch runs and form the next one.
+
+Overload over HTTP is BentoML's: past MAX_CONCURRENCY requests in the service it answers 429 at once.
+The queue holds at most as many, so over HTTP it never fills; its Overloaded (503) guards in-process
+callers that bypass BentoML.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import numpy as np
 
 from serving.runtime import MAX_BATCH, CapsNetRuntime, Prediction
 
-MAX_WAITING = 512  # requests queued before new ones are refused
+MAX_CONCURRENCY = 128  # requests inside the service at once (BentoML's traffic.max_concurrency; 429 past it)
+MAX_WAITING = MAX_CONCURRENCY  # requests queued before new ones are refused (503, in-process callers only)
 
 
 class Overloaded(RuntimeError):

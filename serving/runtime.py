@@ -1,21 +1,23 @@
 """ONNX Runtime inference for the exported CapsNet: session, device choice, input checks.
 
 Plain Python (numpy + onnxruntime), no BentoML and never torch, so it is testable on its own and
-the Bento stays small. Environment:
+the Bento stays small. It imports nothing from export/: the ONNX file is the contract. The input
+name comes from the session, the outputs it needs are checked at start-up, and the variants are
+the files that the fp32 graph's `variants` metadata names. Environment:
     CAPSNET_MODEL    path of the fp32 ONNX file     (default artifacts/capsnet.onnx)
-    CAPSNET_DEVICE   auto | cpu | cuda              (default auto; cuda never falls back silently)
+    CAPSNET_DEVICE   auto | cpu | cuda              (default auto: CUDA when it starts, else the CPU, said in
+                     the log and /metadata; cuda never falls back: it stops the service)
     CAPSNET_VARIANT  auto | fp32 | int8 | fp16      (default auto: int8 on the CPU, fp16 on CUDA, each only
-                     if `make export` measured it within its accuracy bar, else fp32)
+                     if it was made from the same weights as the fp32 file and met its accuracy bar, else fp32)
     CAPSNET_THREADS  ORT intra-op threads, 0 = ORT's choice (default 0)
-
-The variants live beside the fp32 file: artifacts/capsnet-int8.onnx, artifacts/capsnet-fp16.onnx.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,9 @@ VARIANTS = ("fp32", "int8", "fp16")
 PREFERRED_VARIANT = {"cpu": "int8", "cuda": "fp16"}
 MAX_BATCH = 256  # images per request
 IMAGE_SIZE = 28
-INPUT = "image"
-OUTPUTS = ("lengths", "poses", "reconstruction")
+LENGTHS, RECONSTRUCTION = "lengths", "reconstruction"  # the outputs the service reads, checked at start-up
+
+log = logging.getLogger("capsnet")
 
 
 class InvalidInput(ValueError):
@@ -44,6 +47,10 @@ class DeviceError(RuntimeError):
     """The requested execution device cannot be used."""
 
 
+class ModelError(RuntimeError):
+    """The ONNX file is not the graph this service can serve."""
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, "").strip() or default
 
@@ -52,14 +59,8 @@ def _gpu_present() -> bool:
     return Path("/dev/nvidiactl").exists()
 
 
-def variant_path(fp32_path: Path | str, variant: str) -> Path:
-    """artifacts/capsnet.onnx -> artifacts/capsnet-int8.onnx; the fp32 variant is the file itself."""
-    fp32_path = Path(fp32_path)
-    return fp32_path if variant == "fp32" else fp32_path.with_name(f"{fp32_path.stem}-{variant}{fp32_path.suffix}")
-
-
 def wants_cuda(device: str) -> bool:
-    """Whether `device` means the CUDA provider; raises DeviceError for an unknown name."""
+    """Whether `device` means trying the CUDA provider; raises DeviceError for an unknown name."""
     if device not in DEVICES:
         raise DeviceError(f"CAPSNET_DEVICE={device!r}: expected one of {', '.join(DEVICES)}")
     return device == "cuda" or (device == "auto" and _gpu_present()
@@ -67,7 +68,11 @@ def wants_cuda(device: str) -> bool:
 
 
 def create_session(model_path: Path, device: str = "auto", threads: int = 0) -> ort.InferenceSession:
-    """One ORT session on the asked device; 'cuda' raises DeviceError rather than run on the CPU."""
+    """One ORT session on the asked device; 'cuda' raises DeviceError rather than run on the CPU.
+
+    With 'auto' the session may come back on the CPU provider when CUDA did not start: callers
+    check `session.get_providers()[0]`.
+    """
     want_cuda = wants_cuda(device)
     if not model_path.exists():
         raise FileNotFoundError(f"{model_path}: no ONNX model here (run `make export`, or set CAPSNET_MODEL)")
@@ -89,26 +94,99 @@ def create_session(model_path: Path, device: str = "auto", threads: int = 0) -> 
     return session
 
 
-def open_variant(fp32_path: Path, variant: str = "auto", device: str = "auto", threads: int = 0
-                 ) -> tuple[str, Path, ort.InferenceSession]:
-    """The session of the asked variant; 'auto' takes the device's preferred variant only when its
-    file exists and its metadata says it met its accuracy bar, else fp32. An explicit variant whose
-    file is missing raises FileNotFoundError."""
+def on_cuda(session: ort.InferenceSession) -> bool:
+    return session.get_providers()[0] == "CUDAExecutionProvider"
+
+
+def read_metadata(model_path: Path) -> dict[str, str]:
+    """The ONNX file's metadata_props, read through a session that optimizes nothing."""
+    if not model_path.exists():
+        raise FileNotFoundError(f"{model_path}: no ONNX model here (run `make export`, or set CAPSNET_MODEL)")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def check_graph(session: ort.InferenceSession, model_path: Path) -> str:
+    """The graph's input name, once its input and outputs are what the service needs; else ModelError."""
+    inputs = session.get_inputs()
+    outputs = {o.name for o in session.get_outputs()}
+    shape = inputs[0].shape[1:] if len(inputs) == 1 else None
+    if shape != [1, IMAGE_SIZE, IMAGE_SIZE] or inputs[0].type != "tensor(float)":
+        found = [(i.name, i.type, i.shape) for i in inputs]
+        raise ModelError(f"{model_path}: expected one float input of shape [N, 1, {IMAGE_SIZE}, {IMAGE_SIZE}],"
+                         f" found {found}")
+    missing = {LENGTHS, RECONSTRUCTION} - outputs
+    if missing:
+        raise ModelError(f"{model_path}: the graph has no output {', '.join(sorted(missing))}"
+                         f" (outputs: {', '.join(sorted(outputs))}); was it made by `python -m export`?")
+    return inputs[0].name
+
+
+@dataclass
+class Choice:
+    """The session the service runs, and why it is that one."""
+
+    variant: str
+    path: Path
+    session: ort.InferenceSession
+    warnings: list[str] = field(default_factory=list)
+
+
+def _listed_variants(fp32_path: Path, meta: dict[str, str]) -> dict[str, Path]:
+    return {name: fp32_path.with_name(file) for name, file in json.loads(meta.get("variants", "{}")).items()}
+
+
+def open_variant(fp32_path: Path, variant: str = "auto", device: str = "auto", threads: int = 0) -> Choice:
+    """The session of the asked variant.
+
+    'auto' takes the device's preferred variant only when the fp32 file names it, its file exists,
+    it was made from the same weights (source_sha256) and its metadata says it met its accuracy bar;
+    otherwise fp32, with the reason in `warnings`. With device 'auto', CUDA that is listed but does
+    not start means the CPU and the CPU's variant, also said in `warnings`. An explicit variant
+    that is missing or made from other weights raises FileNotFoundError or ModelError.
+    """
     if variant not in ("auto", *VARIANTS):
         raise ValueError(f"CAPSNET_VARIANT={variant!r}: expected auto or one of {', '.join(VARIANTS)}")
-    if variant != "auto":
-        path = variant_path(fp32_path, variant)
-        if not path.exists():
-            raise FileNotFoundError(f"CAPSNET_VARIANT={variant}: {path} does not exist (`make export` writes it)")
-        return variant, path, create_session(path, device, threads)
-    preferred = PREFERRED_VARIANT["cuda" if wants_cuda(device) else "cpu"]
-    path = variant_path(fp32_path, preferred)
-    if path.exists():
-        session = create_session(path, device, threads)
-        if session.get_modelmeta().custom_metadata_map.get("meets_accuracy_bar") == "true":
-            return preferred, path, session
-        del session
-    return "fp32", fp32_path, create_session(fp32_path, device, threads)
+    fp32_meta = read_metadata(fp32_path)
+    listed = _listed_variants(fp32_path, fp32_meta)
+    warnings: list[str] = []
+    cuda = wants_cuda(device)
+    name = variant if variant != "auto" else PREFERRED_VARIANT["cuda" if cuda else "cpu"]
+    path = fp32_path if name == "fp32" else listed.get(name)
+    if variant != "auto" and name != "fp32" and (path is None or not path.exists()):
+        raise FileNotFoundError(f"CAPSNET_VARIANT={name}: {fp32_path} names no existing {name} variant"
+                                f" (its variants: {sorted(listed) or 'none'}; `make export` writes them)")
+    if path is None or not path.exists():
+        warnings.append(f"no {name} variant beside {fp32_path.name} (`make export` writes it); serving fp32")
+        name, path = "fp32", fp32_path
+    session = create_session(path, device, threads)
+    if cuda and device == "auto" and not on_cuda(session):
+        warnings.append("CAPSNET_DEVICE=auto: the CUDA provider is listed but did not start; serving on the CPU")
+        return _finish(open_variant(fp32_path, variant, "cpu", threads), warnings)
+    if name != "fp32":
+        meta = dict(session.get_modelmeta().custom_metadata_map)
+        reason = None
+        if meta.get("source_sha256") != fp32_meta.get("source_sha256"):
+            reason = (f"{path.name} was made from other weights (source_sha256 {str(meta.get('source_sha256'))[:12]}"
+                      f" vs {str(fp32_meta.get('source_sha256'))[:12]} of {fp32_path.name}): a stale variant")
+            if variant != "auto":
+                raise ModelError(f"CAPSNET_VARIANT={name}: {reason}; run `make export` again")
+        elif variant == "auto" and meta.get("meets_accuracy_bar") != "true":
+            reason = f"{path.name} missed its accuracy bar"
+        if reason:
+            warnings.append(f"{reason}; serving fp32")
+            del session
+            name, path, session = "fp32", fp32_path, create_session(fp32_path, device, threads)
+    return _finish(Choice(name, path, session), warnings)
+
+
+def _finish(choice: Choice, warnings: list[str]) -> Choice:
+    choice.warnings = warnings + choice.warnings
+    for warning in warnings:
+        log.warning(warning)
+    return choice
 
 
 def validate_images(images: Any, max_batch: int = MAX_BATCH) -> np.ndarray:
@@ -174,8 +252,10 @@ class CapsNetRuntime:
         fp32_path = Path(model_path or _env("CAPSNET_MODEL", str(DEFAULT_MODEL)))
         self.device = device or _env("CAPSNET_DEVICE", "auto")
         threads = int(_env("CAPSNET_THREADS", "0")) if threads is None else threads
-        self.variant, self.model_path, self.session = open_variant(
-            fp32_path, variant or _env("CAPSNET_VARIANT", "auto"), self.device, threads)
+        choice = open_variant(fp32_path, variant or _env("CAPSNET_VARIANT", "auto"), self.device, threads)
+        self.variant, self.model_path, self.session, self.warnings = (choice.variant, choice.path, choice.session,
+                                                                      choice.warnings)
+        self.input_name = check_graph(self.session, self.model_path)
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
 
     @property
@@ -184,7 +264,7 @@ class CapsNetRuntime:
 
     def predict(self, images: np.ndarray) -> Prediction:
         """images: float32 (N, 1, 28, 28), already validated."""
-        lengths, _, reconstruction = self.session.run(list(OUTPUTS), {INPUT: images})
+        lengths, reconstruction = self.session.run([LENGTHS, RECONSTRUCTION], {self.input_name: images})
         return Prediction(lengths.argmax(1), lengths, reconstruction[:, 0])
 
     def describe(self) -> dict[str, Any]:
@@ -202,4 +282,5 @@ class CapsNetRuntime:
             "device": self.device,
             "providers": self.providers,
             "max_batch": MAX_BATCH,
+            "warnings": self.warnings,
         }

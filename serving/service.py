@@ -7,21 +7,35 @@ them in its thread pool while the batcher's thread runs the model.
 
 from __future__ import annotations
 
+import sys
 import typing as t
 from pathlib import Path
 
 import bentoml
 
 from serving import ui
-from serving.batching import MicroBatcher, Overloaded
+from serving.batching import MAX_CONCURRENCY, MicroBatcher, Overloaded
 from serving.limits import RequestGate, error_response
 from serving.preprocess import preprocess
-from serving.runtime import CapsNetRuntime, InvalidInput, Prediction, validate_images
+from serving.runtime import CapsNetRuntime, DeviceError, InvalidInput, ModelError, Prediction, validate_images
+
+STARTUP_ERRORS = (DeviceError, ModelError, FileNotFoundError, ValueError)
 
 
-@bentoml.service(name="capsnet", workers=1, traffic={"timeout": 30, "max_concurrency": 128})
+@bentoml.service(name="capsnet", workers=1, traffic={"timeout": 30, "max_concurrency": MAX_CONCURRENCY})
 @bentoml.asgi_app(ui.app, path="/ui")
 class CapsNet:
+    @bentoml.on_deployment
+    def check_model_and_device() -> None:
+        """Runs once in the `bentoml serve` process before any worker starts: a model or device that
+        cannot work stops the service here, with its message and exit code 1, instead of a worker
+        that fails, is restarted by BentoML and fails again."""
+        try:
+            CapsNetRuntime()
+        except STARTUP_ERRORS as err:
+            print(f"capsnet: cannot start: {err}", file=sys.stderr)
+            raise SystemExit(1) from None
+
     def __init__(self) -> None:
         self.runtime = CapsNetRuntime()
         self.batcher = MicroBatcher(self.runtime)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from training.data import DEFAULT_ROOT, ensure_mnist
+from mnist import DEFAULT_ROOT, ensure_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "models" / "capsnet-mnist.safetensors"

@@ -13,13 +13,14 @@ import yaml
 
 from export.onnx_export import report_path
 from loadtest.server import running_service
-from serving.runtime import VARIANTS, variant_path
-from training.data import load_split
+from export.artifact import VARIANTS, variant_path
+from mnist import read_split
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_built_bento_has_no_torch_and_serves(served_onnx, tmp_path, mnist_root):
+def test_built_bento_serves_from_a_virtualenv_without_torch(served_onnx, tmp_path, mnist_root):
+    """Built here, then served by a new virtualenv that holds only the Bento's own requirements.txt."""
     context = tmp_path / "context"
     shutil.copytree(ROOT / "serving", context / "serving", ignore=shutil.ignore_patterns("__pycache__"))
     (context / "artifacts").mkdir()
@@ -44,12 +45,21 @@ def test_built_bento_has_no_torch_and_serves(served_onnx, tmp_path, mnist_root):
     assert not re.search(r"^torch", requirements, re.M)
     assert yaml.safe_load((bento / "bento.yaml").read_text())["service"] == "serving.service:CapsNet"
 
-    x, _ = load_split("test", mnist_root, 2)
-    with running_service(target=tag, env=env) as served:
+    venv = tmp_path / "bento-venv"
+    install = subprocess.run(f"{sys.executable} -m venv {venv} && {venv}/bin/pip install -q -r"
+                             f" {bento / 'env' / 'python' / 'requirements.txt'}", shell=True, capture_output=True,
+                             text=True, timeout=900)
+    assert install.returncode == 0, install.stderr[-3000:]
+    no_torch = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch"], capture_output=True, text=True)
+    assert "No module named 'torch'" in no_torch.stderr
+
+    x, _ = read_split("test", mnist_root, 2)
+    with running_service(target=tag, env=env, python=str(venv / "bin" / "python")) as served:
         url = served.url
-        r = httpx.post(url + "/classify", content=json.dumps({"images": x[:, 0].tolist()}),
+        r = httpx.post(url + "/classify", content=json.dumps({"images": x.tolist()}),
                        headers={"Content-Type": "application/json"}, timeout=60)
         assert r.status_code == 200 and len(r.json()["labels"]) == 2
         meta = httpx.post(url + "/metadata", json={}, timeout=60).json()
         int8_holds = json.loads(report_path(served_onnx).read_text())["variants"]["int8"]["meets_accuracy_bar"]
         assert meta["model_file"] == ("capsnet-int8.onnx" if int8_holds else "capsnet.onnx")  # the CPU default
+        assert meta["warnings"] == []

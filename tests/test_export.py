@@ -8,7 +8,8 @@ import onnx
 import pytest
 import torch
 
-from export.onnx_export import OUTPUTS, VerificationError, export_onnx, report_path, verify
+from export.artifact import OUTPUTS, variant_path
+from export.onnx_export import VerificationError, export_onnx, report_path, verify
 from training.checkpoint import load_weights
 from training.data import load_split
 
@@ -42,24 +43,70 @@ def test_graph_is_self_contained_with_dynamic_batch_and_metadata(exported, tiny_
     assert "MatMul" in ops and "Loop" not in ops and "Softmax" in ops  # routing unrolled, batched MatMul
 
 
-def test_variants_are_written_beside_with_their_measured_accuracy(exported):
-    from serving.runtime import variant_path
+def test_variants_are_written_beside_and_named_by_the_fp32_graph(exported, mnist_root):
+    """Each variant's accuracy, recomputed here with ONNX Runtime and numpy, is what its metadata and the report say."""
+    import onnxruntime as ort
 
     report = json.loads(report_path(exported).read_text())
     assert set(report["variants"]) == {"int8", "fp16"}
+    fp32_meta = {p.key: p.value for p in onnx.load(str(exported)).metadata_props}
+    assert json.loads(fp32_meta["variants"]) == {"int8": "capsnet-int8.onnx", "fp16": "capsnet-fp16.onnx"}
+    x, y = load_split("test", mnist_root, 1000)
+    correct = {}
+    for name in ("fp32", "int8", "fp16"):
+        session = ort.InferenceSession(str(variant_path(exported, name)), providers=["CPUExecutionProvider"])
+        lengths = np.concatenate([session.run(["lengths"], {"image": x[i:i + 100].numpy()})[0]
+                                  for i in range(0, 1000, 100)])
+        correct[name] = int((lengths.argmax(1) == y.numpy()).sum())
+    assert report["test_accuracy_ort"] == correct["fp32"] / 1000
     for name, v in report["variants"].items():
-        model = onnx.load(str(variant_path(exported, name)))
-        meta = {p.key: p.value for p in model.metadata_props}
-        assert meta["variant"] == name and meta["source_sha256"] == report["metadata"]["source_sha256"]
+        meta = {p.key: p.value for p in onnx.load(str(variant_path(exported, name))).metadata_props}
+        assert meta["variant"] == name and meta["source_sha256"] == fp32_meta["source_sha256"]
+        assert v["test_accuracy_ort"] == correct[name] / 1000 and v["test_digits"] == 1000
+        assert v["accuracy_loss_points"] == round((correct["fp32"] - correct[name]) / 10, 4)
         assert float(meta["accuracy_loss_points"]) == v["accuracy_loss_points"]
-        loss = round(100 * (report["test_accuracy_ort"] - v["test_accuracy_ort"]), 4)
-        assert v["accuracy_loss_points"] == loss and v["test_digits"] == 1000
-        assert meta["meets_accuracy_bar"] == str(loss <= v["accuracy_bar_points"]).lower()
+        assert meta["meets_accuracy_bar"] == str(v["accuracy_loss_points"] <= v["accuracy_bar_points"]).lower()
     ops = collections.Counter(n.op_type for n in onnx.load(str(variant_path(exported, "int8"))).graph.node)
     assert ops["QuantizeLinear"] >= 2 and ops["DequantizeLinear"] >= 4  # both convolutions quantized
     fp16 = onnx.load(str(variant_path(exported, "fp16")))
     assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # float32 at the edges
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in fp16.graph.initializer)
+
+
+def run_export(*args):
+    return subprocess.run([sys.executable, "-m", "export", *map(str, args)], capture_output=True, text=True)
+
+
+def test_export_removes_variants_it_did_not_make(tiny_run, tmp_path, mnist_root):
+    """Old int8/fp16 files beside a new fp32 graph would be variants of other weights: export removes them."""
+    out = tmp_path / "capsnet.onnx"
+    for name in ("int8", "fp16"):
+        variant_path(out, name).write_bytes(b"a variant of older weights")
+    run = run_export("--checkpoint", tiny_run / "checkpoint.safetensors", "--out", out, "--accuracy-digits", 200,
+                     "--verify-digits", 200, "--data", mnist_root, "--variants")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["capsnet.onnx", "capsnet.verify.json"]
+    assert json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["variants"]) == {}
+
+
+def test_a_graph_that_disagrees_fails_the_cli_and_writes_nothing(tiny_run, tmp_path, mnist_root, monkeypatch, capsys):
+    """python -m export: PyTorch's side is perturbed, so verification fails: exit 1, no file beside --out."""
+    import export.onnx_export
+    from export.__main__ import main
+
+    real = export.onnx_export.torch_outputs
+
+    def perturbed(model, images, batch_size=256):
+        outputs = real(model, images, batch_size)
+        return {**outputs, "lengths": outputs["lengths"] + 1e-3}
+
+    monkeypatch.setattr(export.onnx_export, "torch_outputs", perturbed)
+    out = tmp_path / "artifacts" / "capsnet.onnx"
+    code = main(["--checkpoint", str(tiny_run / "checkpoint.safetensors"), "--out", str(out),
+                 "--accuracy-digits", "100", "--verify-digits", "100", "--data", str(mnist_root)])
+    assert code == 1
+    assert "export FAILED verification: onnxruntime batch 1: max |d lengths|" in capsys.readouterr().err
+    assert list(out.parent.iterdir()) == []
 
 
 def test_verification_report_meets_tolerances(exported):

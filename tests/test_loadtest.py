@@ -1,8 +1,18 @@
 """Real headless Locust runs against a real service, bounded in users and seconds."""
 
 import json
+import os
+import re
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from loadtest.server import free_port
+from mnist import read_split
 
 
 def run_loadtest(served_onnx, out, mnist_root, *extra):
@@ -42,3 +52,70 @@ def test_a_missed_slo_fails_the_command(served_onnx, tmp_path, mnist_root):
     summary = json.loads((out / "summary.json").read_text())
     assert not summary["slo"]["passed"] and summary["variant"] == "fp32" and summary["body"] == "json"
     assert summary["steps"][0]["failures"] == 0 and summary["steps"][0]["requests"] > 20
+
+
+def test_failed_requests_fail_the_command(served_onnx, tmp_path, mnist_root, monkeypatch):
+    """A service that may hold one request at a time refuses most of 8 users' requests (429): exit 1."""
+    monkeypatch.setenv("BENTOML_CONFIG_OPTIONS", "services.capsnet.traffic.max_concurrency=1")
+    out = tmp_path / "lt"
+    run = run_loadtest(served_onnx, out, mnist_root, "--users", "8", "--duration", "4", "--slo-users", "8",
+                       "--slo-p99-ms", "60000", "--images-per-request", "16")
+    assert run.returncode == 1
+    assert re.search(r"FAILED: \d+ failed requests", run.stderr), run.stderr[-2000:]
+    step = json.loads((out / "summary.json").read_text())["steps"][0]
+    assert step["failures"] > 0 and not json.loads((out / "summary.json").read_text())["slo"]["passed"]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def locust(*args, env=None, **kwargs):
+    """Locust's own command, run from the repository root as its users run it."""
+    return subprocess.run([str(Path(sys.executable).with_name("locust")), "-f", "loadtest/locustfile.py", *args],
+                          cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, **kwargs)
+
+
+def test_the_locustfile_runs_on_its_own_headless(service_url):
+    """No digits file: MNIST through the torch-free reader, answers checked for form, agreement reported."""
+    run = locust("--host", service_url, "--headless", "-u", "2", "-r", "2", "-t", "4s", "--only-summary",
+                 "--images-per-request", "4", "--body", "json", timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    agree = re.search(r"labels agreeing with MNIST's own: (\d+)/(\d+)", run.stderr)
+    assert agree and int(agree.group(2)) > 0 and int(agree.group(1)) >= 0.98 * int(agree.group(2))
+
+
+def test_a_wrong_label_fails_the_locust_run(service_url, tmp_path, mnist_root):
+    """A digits file whose expected labels are all off by one: every answer is a failure, Locust exits 1."""
+    images, labels = read_split("test", mnist_root, 32)
+    np.savez(tmp_path / "wrong.npz", images=images, expected=(labels + 1) % 10)
+    run = locust("--host", service_url, "--headless", "-u", "1", "-r", "1", "-t", "3s", "--only-summary",
+                 env={"CAPSNET_DIGITS": str(tmp_path / "wrong.npz")}, timeout=120)
+    assert run.returncode == 1
+    assert "expected labels" in run.stdout + run.stderr
+
+
+def test_the_locustfile_runs_from_the_web_ui(service_url):
+    """Locust's web UI, driven through its own HTTP endpoints: start a swarm, read the stats, stop."""
+    port = free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("locust")), "-f", "loadtest/locustfile.py",
+                             "--host", service_url, "--web-host", "127.0.0.1", "--web-port", str(port)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ui = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(ui + "/", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        started = httpx.post(ui + "/swarm", data={"user_count": 2, "spawn_rate": 2, "host": service_url}, timeout=10)
+        assert started.status_code == 200 and started.json()["success"], started.text
+        time.sleep(5)
+        stats = httpx.get(ui + "/stats/requests", timeout=10).json()
+        total = next(s for s in stats["stats"] if s["name"] == "Aggregated")
+        assert total["num_requests"] > 10 and total["num_failures"] == 0, total
+        httpx.get(ui + "/stop", timeout=10)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

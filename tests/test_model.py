@@ -61,6 +61,29 @@ def test_coupling_coefficients_sum_to_one_over_parents():
     assert not torch.allclose(c, torch.full_like(c, 0.1))  # routing moved away from uniform
 
 
+def test_routing_follows_procedure_1_and_couples_to_the_parent_that_agrees():
+    """Agreement raises coupling: every input predicts the same vector for parent 3 and noise for the others,
+    so after routing each input sends more than a uniform 1/10 to parent 3, more than to any other. The
+    vectorised route() equals a loop over Procedure 1 of the paper."""
+    cfg = CapsNetConfig()
+    digit = DigitCaps(cfg)
+    torch.manual_seed(0)
+    u_hat = 0.05 * torch.randn(2, 10, 1152, 16)
+    u_hat[:, 3] = 0.05 * torch.ones(16)  # all 1152 inputs agree on parent 3
+    v, c = digit.route(u_hat)
+    others = c[:, [j for j in range(10) if j != 3]]
+    assert (c[:, 3] > 0.1).all() and (c[:, 3:4] > others).all() and others.mean() < 0.1
+    assert capsule_lengths(v).argmax(1).tolist() == [3, 3]
+
+    b = torch.zeros(2, 1152, 10)  # b_ij, Procedure 1 line 2
+    for r in range(cfg.routing_iters):
+        c_loop = torch.softmax(b, dim=2)  # line 4: softmax over the parents j
+        s_loop = torch.stack([(c_loop[:, :, j, None] * u_hat[:, j]).sum(1) for j in range(10)], 1)  # line 5
+        v_loop = squash(s_loop)  # line 6
+        b = b + torch.stack([(u_hat[:, j] * v_loop[:, j, None]).sum(-1) for j in range(10)], 2)  # line 7
+    assert torch.allclose(v, v_loop, atol=1e-6) and torch.allclose(c, c_loop.transpose(1, 2), atol=1e-6)
+
+
 def test_predictions_match_a_loop_over_pairs():
     cfg = CapsNetConfig()
     digit = DigitCaps(cfg)

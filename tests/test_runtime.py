@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from serving.runtime import (CapsNetRuntime, DeviceError, InvalidInput, TooLarge, create_session, validate_images,
-                             variant_path)
+from export.artifact import variant_path
+from serving.runtime import (CapsNetRuntime, DeviceError, InvalidInput, ModelError, TooLarge, create_session,
+                             validate_images)
 from training.data import load_split
 
 
@@ -55,38 +56,104 @@ def test_runtime_predicts_like_the_exported_graph(served_onnx, mnist_root):
 
 
 def test_cpu_default_is_int8_and_every_variant_agrees_with_fp32(served_onnx, mnist_root):
+    """Within what each variant's accuracy bar allows: int8 (0.1 points) may flip 1 of 512 labels, fp16 none.
+    Measured on the published model: int8 0 flips, lengths within 0.042; fp16 0 flips, within 5e-4."""
     x = load_split("test", mnist_root, 512)[0].numpy()
     auto = CapsNetRuntime(served_onnx, device="cpu", variant="auto")
     assert auto.variant == "int8" and auto.model_path == variant_path(served_onnx, "int8")
     info = auto.describe()
-    assert info["variant"] == "int8" and info["model_file"] == "capsnet-int8.onnx"
+    assert info["variant"] == "int8" and info["model_file"] == "capsnet-int8.onnx" and info["warnings"] == []
     assert 0 <= info["accuracy_loss_points"] <= 0.1
     fp32 = CapsNetRuntime(served_onnx, device="cpu", variant="fp32").predict(x)
-    for name in ("int8", "fp16"):
+    bounds = {"int8": (1, 0.06), "fp16": (0, 2e-3)}
+    for name, (flips, lengths) in bounds.items():
         got = CapsNetRuntime(served_onnx, device="cpu", variant=name).predict(x)
-        assert (got.labels == fp32.labels).mean() >= 0.99
-        assert np.abs(got.lengths - fp32.lengths).max() < (0.2 if name == "int8" else 0.01)
+        assert (got.labels != fp32.labels).sum() <= flips, name
+        assert np.abs(got.lengths - fp32.lengths).max() < lengths, name
+
+
+def copy_model(served_onnx, folder, variants=("int8", "fp16")):
+    import shutil
+
+    shutil.copy(served_onnx, folder / "capsnet.onnx")
+    for name in variants:
+        shutil.copy(variant_path(served_onnx, name), folder / f"capsnet-{name}.onnx")
+    return folder / "capsnet.onnx"
+
+
+def edit_metadata(path, **changes):
+    import onnx
+
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        if prop.key in changes:
+            prop.value = changes[prop.key]
+    onnx.save(model, str(path))
 
 
 def test_auto_falls_back_to_fp32_when_the_variant_missed_its_bar(served_onnx, tmp_path):
-    import shutil
+    fp32 = copy_model(served_onnx, tmp_path)
+    edit_metadata(tmp_path / "capsnet-int8.onnx", meets_accuracy_bar="false")
+    auto = CapsNetRuntime(fp32, device="cpu")
+    assert auto.variant == "fp32" and "capsnet-int8.onnx missed its accuracy bar" in auto.describe()["warnings"][0]
+    assert CapsNetRuntime(fp32, device="cpu", variant="int8").variant == "int8"  # asked for
+    (tmp_path / "capsnet-int8.onnx").unlink()
+    missing = CapsNetRuntime(fp32, device="cpu")
+    assert missing.variant == "fp32" and "no int8 variant" in missing.warnings[0]
+    with pytest.raises(FileNotFoundError, match="CAPSNET_VARIANT=int8: .*names no existing int8 variant"):
+        CapsNetRuntime(fp32, device="cpu", variant="int8")
+    with pytest.raises(ValueError, match="expected auto or one of fp32, int8, fp16"):
+        CapsNetRuntime(fp32, device="cpu", variant="int4")
 
+
+def test_a_variant_of_other_weights_is_never_served(served_onnx, tmp_path, caplog):
+    """A stale int8 file (made from other weights) beside the fp32 graph: auto serves fp32 and says why."""
+    fp32 = copy_model(served_onnx, tmp_path)
+    edit_metadata(tmp_path / "capsnet-int8.onnx", source_sha256="0" * 64)
+    with caplog.at_level("WARNING", logger="capsnet"):
+        auto = CapsNetRuntime(fp32, device="cpu")
+    assert auto.variant == "fp32" and auto.model_path == fp32
+    assert "made from other weights" in auto.describe()["warnings"][0] and "stale" in caplog.text
+    with pytest.raises(ModelError, match="CAPSNET_VARIANT=int8: .*other weights"):
+        CapsNetRuntime(fp32, device="cpu", variant="int8")
+    assert CapsNetRuntime(fp32, device="cpu", variant="fp16").variant == "fp16"  # fp16 is current
+
+
+def test_variants_are_only_those_the_fp32_graph_names(served_onnx, tmp_path):
+    """An fp32 graph exported without variants serves fp32, whatever files lie beside it."""
+    fp32 = copy_model(served_onnx, tmp_path)
+    edit_metadata(fp32, variants="{}")
+    assert CapsNetRuntime(fp32, device="cpu").variant == "fp32"
+
+
+def test_auto_with_a_cuda_provider_that_does_not_start_serves_the_cpu_variant(served_onnx, monkeypatch):
+    """onnxruntime-gpu lists CUDAExecutionProvider here, but it cannot start: auto must not run fp16 on the CPU."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime build does not list the CUDA provider")
+    from pathlib import Path
+
+    if Path("/dev/nvidiactl").exists():
+        pytest.skip("a GPU is present here")
+    monkeypatch.setattr("serving.runtime._gpu_present", lambda: True)  # as on a GPU host whose CUDA is broken
+    runtime = CapsNetRuntime(served_onnx, device="auto")
+    assert runtime.variant == "int8" and runtime.providers == ["CPUExecutionProvider"]
+    assert "did not start; serving on the CPU" in runtime.describe()["warnings"][0]
+
+
+def test_a_graph_without_the_needed_outputs_is_refused_at_start(served_onnx, tmp_path):
     import onnx
 
-    shutil.copy(served_onnx, tmp_path / "capsnet.onnx")
-    int8 = onnx.load(str(variant_path(served_onnx, "int8")))
-    for prop in int8.metadata_props:
-        if prop.key == "meets_accuracy_bar":
-            prop.value = "false"
-    onnx.save(int8, str(tmp_path / "capsnet-int8.onnx"))
-    assert CapsNetRuntime(tmp_path / "capsnet.onnx", device="cpu").variant == "fp32"
-    assert CapsNetRuntime(tmp_path / "capsnet.onnx", device="cpu", variant="int8").variant == "int8"  # asked for
-    (tmp_path / "capsnet-int8.onnx").unlink()
-    assert CapsNetRuntime(tmp_path / "capsnet.onnx", device="cpu").variant == "fp32"
-    with pytest.raises(FileNotFoundError, match="CAPSNET_VARIANT=int8: .*capsnet-int8.onnx does not exist"):
-        CapsNetRuntime(tmp_path / "capsnet.onnx", device="cpu", variant="int8")
-    with pytest.raises(ValueError, match="expected auto or one of fp32, int8, fp16"):
-        CapsNetRuntime(tmp_path / "capsnet.onnx", device="cpu", variant="int4")
+    model = onnx.load(str(served_onnx))
+    model.graph.output[0].name = "scores"  # the graph still runs, but has no `lengths`
+    for node in model.graph.node:
+        node.output[:] = ["scores" if o == "lengths" else o for o in node.output]
+        node.input[:] = ["scores" if i == "lengths" else i for i in node.input]
+    del model.metadata_props[:]
+    onnx.save(model, str(tmp_path / "odd.onnx"))
+    with pytest.raises(ModelError, match="no output lengths"):
+        CapsNetRuntime(tmp_path / "odd.onnx", device="cpu")
 
 
 def test_cuda_without_a_gpu_stops_instead_of_falling_back(served_onnx):

@@ -129,3 +129,26 @@ def test_uploads_agree_with_direct_onnx_runtime(service_url, digits, fmt, invert
         labels = list(pool.map(send, range(len(images))))
     assert len(labels) == 300
     assert np.mean(np.array(labels) == expected) >= 0.99
+
+
+def test_the_readme_curl_examples_are_shipped_and_answer(service_url, mnist_root, tmp_path):
+    """docs/examples/digit.json (a 7) and digit.png (a 1) are what scripts/examples.py writes, and the
+    README's two curl commands, run as written, answer 7 and 1."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    made = subprocess.run([sys.executable, "scripts/examples.py", "--data", str(mnist_root), "--out", str(tmp_path)],
+                          cwd=root, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    for name in ("digit.json", "digit.png"):
+        assert (tmp_path / name).read_bytes() == (root / "docs" / "examples" / name).read_bytes(), name
+    port = service_url.rsplit(":", 1)[1]
+    readme = (root / "README.md").read_text()
+    answers = []
+    for command in [line[2:] for line in readme.splitlines() if line.startswith("$ curl -s -XPOST 127.0.0.1:3000/")]:
+        run = subprocess.run(command.replace("127.0.0.1:3000", f"127.0.0.1:{port}"), shell=True, cwd=root,
+                             capture_output=True, text=True, timeout=60)
+        answers.append(json.loads(run.stdout))
+    assert len(answers) == 2 and answers[0]["labels"] == [7] and answers[1]["label"] == 1

@@ -65,3 +65,60 @@ def test_ddp_two_processes_on_cpu_agree_with_each_other_and_with_one_process(tmp
     single = main([*args, "--out", str(tmp_path / "one")])
     assert ddp["train_loss"] == pytest.approx(single["train_loss"], rel=1e-4)
     assert ddp["test_acc"] == pytest.approx(single["test_acc"], abs=0.02)
+    # the same updates: the final weights of the two runs agree to float rounding, tensor by tensor
+    a = load_file(str(tmp_path / "ddp" / "checkpoint.safetensors"))
+    b = load_file(str(tmp_path / "one" / "checkpoint.safetensors"))
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+def test_resume_with_ema_continues_exactly(tmp_path, mnist_root):
+    """The EMA weights (what is saved and evaluated) come back from the run state too."""
+    args = [*TINY, "--data", str(mnist_root), "--ema", "0.9"]
+    main(["--epochs", "2", "--out", str(tmp_path / "a"), *args])
+    main(["--epochs", "1", "--out", str(tmp_path / "b"), *args])
+    main(["--epochs", "2", "--resume", "--out", str(tmp_path / "b"), *args])
+    a = load_file(str(tmp_path / "a" / "checkpoint.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoint.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    raw = torch.load(tmp_path / "b" / "train-state.pt", weights_only=True)["model"]
+    assert not torch.equal(raw["digit_caps.W"], b["digit_caps.W"])  # what was saved is the average, not the raw
+
+
+def test_the_cnn_baseline_trains_and_loads(tmp_path, mnist_root):
+    from training.baseline import BaselineCNN
+
+    record = main(["--arch", "cnn", "--epochs", "1", "--out", str(tmp_path / "cnn"), *TINY, "--data", str(mnist_root)])
+    assert record["epoch"] == 1 and 0.0 <= record["test_acc"] <= 1.0 and record["train_loss"] > 0
+    model, info = load_weights(tmp_path / "cnn" / "checkpoint.safetensors")
+    assert isinstance(model, BaselineCNN) and info["arch"] == "cnn"
+
+
+def test_init_continues_the_schedule_of_trained_weights_and_resumes(tiny_run, tmp_path, mnist_root):
+    """--init: epoch count and learning rate go on after the weights' epoch; with --no-test nothing scores the
+    test set; a stopped run goes on with --resume, to the same weights as one that was not stopped."""
+    args = [*TINY, "--data", str(mnist_root), "--init", str(tiny_run / "checkpoint.safetensors"),
+            "--warmup-steps", "2", "--ema", "0.9", "--val", "64", "--no-test", "--lr-decay", "0.5"]
+    straight = main(["--epochs", "3", "--out", str(tmp_path / "a"), *args])
+    assert straight["epoch"] == 3 and straight["lr"] == pytest.approx(1e-3 * 0.5 ** 2)
+    assert "test_acc" not in straight and 0.0 <= straight["val_acc"] <= 1.0
+    first = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["epoch"] == 2 and first["lr"] == pytest.approx(1e-3 * 0.5)
+    main(["--epochs", "2", "--out", str(tmp_path / "b"), *args])
+    main(["--epochs", "3", "--resume", "--out", str(tmp_path / "b"), *args])
+    a = load_file(str(tmp_path / "a" / "checkpoint.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoint.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    info = json.loads((tmp_path / "b" / "checkpoint.json").read_text())
+    assert info["init"]["sha256"] == json.loads((tiny_run / "checkpoint.json").read_text())["sha256"]
+
+
+def test_speed_probe_times_each_form_on_the_same_batch(mnist_root):
+    from training.speed import main as speed
+
+    results = speed(["--forms", "eager", "channels-last", "bf16-autocast", "--steps", "1", "--warmup", "1",
+                     "--batch-size", "8", "--data", str(mnist_root)])
+    assert all(r["images_per_s"] > 0 for r in results.values())
+    # the same first batch from the same initial weights: fp32 forms agree, bf16 is close but not equal
+    assert results["channels-last"]["first_loss"] == pytest.approx(results["eager"]["first_loss"], rel=1e-5)
+    assert results["bf16-autocast"]["first_loss"] == pytest.approx(results["eager"]["first_loss"], rel=0.05)

@@ -15,6 +15,7 @@ import os
 import shlex
 import sys
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from training.baseline import BaselineCNN, cross_entropy
-from training.checkpoint import load_state, save_state, save_weights
+from training.checkpoint import load_state, load_weights, save_state, save_weights
 from training.data import DEFAULT_ROOT, load_split, random_shift
 from training.model import CapsNet, CapsNetConfig, count_parameters, margin_loss, reconstruction_loss
 
@@ -106,9 +107,15 @@ def make_autocast(device: torch.device, precision: str) -> torch.autocast | None
     return None
 
 
-def train_epoch(model, step_model, optimizer, x, y, epoch, args, device, dist_info, autocast, ema) -> dict:
-    """One pass over the (sharded) training set; returns mean loss and accuracy."""
+def train_epoch(model, step_model, optimizer, x, y, epoch, args, device, dist_info, autocast, ema,
+                warmup: int = 0) -> dict:
+    """One pass over the (sharded) training set; returns mean loss and accuracy.
+
+    warmup > 0 ramps the learning rate linearly over the first `warmup` steps (a fresh optimizer
+    started from trained weights, see --init); the epoch's own rate holds from then on.
+    """
     model.train()
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
     gen = torch.Generator(device=device).manual_seed(args.seed * 100_003 + epoch)
     order = torch.randperm(len(x), device=device, generator=gen)
     per_rank = args.batch_size // dist_info.world
@@ -125,6 +132,9 @@ def train_epoch(model, step_model, optimizer, x, y, epoch, args, device, dist_in
         mine = slice(dist_info.rank * per_rank, (dist_info.rank + 1) * per_rank)
         idx, images = idx[mine], images[mine]
         labels = y[idx]
+        if warmup:
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base * min(1.0, (step + 1) / warmup)
         with autocast or contextlib.nullcontext():
             loss, predicted = training_loss(step_model, images, labels, isinstance(model, CapsNet))
         optimizer.zero_grad(set_to_none=True)
@@ -182,9 +192,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="MNIST root folder")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="run folder (checkpoint, metrics)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last epoch")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from these weights (.safetensors): raw and EMA weights both from them, the epoch"
+                        " count and learning rate continuing after their epoch, a fresh Adam (see --warmup-steps);"
+                        " a run state found by --resume takes precedence")
+    p.add_argument("--warmup-steps", type=int, default=0,
+                   help="with --init: ramp the learning rate linearly over the first N steps of the fresh Adam")
+    p.add_argument("--no-test", action="store_true",
+                   help="do not score the test set during training (select by --val; measure the test set once, after)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def init_from_weights(model: torch.nn.Module, scheduler, path: Path, device: torch.device
+                      ) -> tuple[int, dict]:
+    """Load trained weights into model and move the schedule past their epoch; returns (next epoch, origin)."""
+    trained, info = load_weights(path, device)
+    if type(trained) is not type(model) or trained.cfg != model.cfg:
+        raise SystemExit(f"--init {path}: a {info.get('arch')} with config {info.get('config')},"
+                         f" not the model this run builds")
+    model.load_state_dict(trained.state_dict())
+    done = int(info.get("epoch", 0))
+    with warnings.catch_warnings():  # stepping the schedule before any optimizer step is the point here
+        warnings.simplefilter("ignore")
+        for _ in range(done):
+            scheduler.step()
+    return done + 1, {"weights": str(path), "sha256": info.get("sha256"), "epoch": done}
 
 
 def init_distributed(device: torch.device) -> Dist:
@@ -211,17 +245,21 @@ def main(argv: list[str] | None = None) -> dict:
 
     (x, y), val = split_train_val(*load_split("train", args.data), args.val)
     x, y = x[:args.limit].to(device), y[:args.limit].to(device)
-    x_test, y_test = (t.to(device) for t in load_split("test", args.data, args.test_limit))
+    x_test, y_test = (t.to(device) for t in load_split("test", args.data, 0 if args.no_test else args.test_limit))
     if val is not None:
         val = tuple(t.to(device) for t in val)  # once, not every epoch
 
     model = build_model(args.arch, args.routing_iters).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_decay)
-    ema = Ema(model, args.ema) if args.ema > 0 else None
-    start_epoch = 1
     out: Path = args.out
-    if args.resume and (out / STATE).exists():
+    resuming = args.resume and (out / STATE).exists()
+    start_epoch, warmup, init_info = 1, 0, None
+    if args.init is not None and not resuming:
+        start_epoch, init_info = init_from_weights(model, scheduler, args.init, device)
+        warmup = args.warmup_steps
+    ema = Ema(model, args.ema) if args.ema > 0 else None
+    if resuming:
         state = load_state(out / STATE, device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -229,6 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
         if ema is not None:
             ema.model.load_state_dict(state["ema"])
         start_epoch = state["epoch"] + 1
+        init_info = state.get("init")
         if dist_info.main:
             print(f"resuming {out} after epoch {state['epoch']}", file=sys.stderr)
     elif dist_info.main:
@@ -249,7 +288,8 @@ def main(argv: list[str] | None = None) -> dict:
     record: dict = {}
     for epoch in range(start_epoch, args.epochs + 1):
         t0 = time.time()
-        stats = train_epoch(model, step_model, optimizer, x, y, epoch, args, device, dist_info, autocast, ema)
+        stats = train_epoch(model, step_model, optimizer, x, y, epoch, args, device, dist_info, autocast, ema,
+                            warmup=warmup if epoch == start_epoch else 0)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.time() - t0
@@ -257,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
         scheduler.step()
         record = {"epoch": epoch, **stats, "lr": lr, "epoch_seconds": round(seconds, 3),
                   "train_images_per_s": round(len(x) / seconds, 1),
-                  "test_acc": accuracy(eval_model, x_test, y_test, autocast=autocast)}
+                  **({} if args.no_test else {"test_acc": accuracy(eval_model, x_test, y_test, autocast=autocast)})}
         if dist_info.world > 1:  # every rank must hold the same weights
             checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
             sums = [torch.zeros_like(checksum) for _ in range(dist_info.world)]
@@ -275,10 +315,12 @@ def main(argv: list[str] | None = None) -> dict:
                 "train_images": len(x), "world_size": dist_info.world,
                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                 "torch": torch.__version__,
+                **({"init": init_info} if init_info else {}),
             })
             save_state(out / STATE, {
                 "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), **({"ema": ema.model.state_dict()} if ema else {}),
+                **({"init": init_info} if init_info else {}),
             })
         if args.max_minutes is not None and time.time() - started > 60 * args.max_minutes:
             break

@@ -1,0 +1,140 @@
+"""The house's rules, read from the code: imports flow one way (docs/ARCHITECTURE.md, "Packages").
+
+data (mnist) -> training -> export -> artifacts -> serving -> HTTP -> loadtest
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("mnist", "training", "export", "serving", "loadtest")
+# package -> top-level modules it must not import, anywhere in its files (inside functions too)
+FORBIDDEN = {
+    "mnist": {"torch", "training", "export", "serving", "loadtest"},
+    "training": {"export", "serving", "loadtest"},
+    "export": {"serving", "loadtest"},
+    "serving": {"torch", "torchvision", "training", "export", "loadtest", "mnist"},
+    "loadtest": {"torch", "torchvision", "training", "export"},
+}
+# torchvision is mnist's last-resort download, imported inside that one function only
+ALLOWED_IN_FUNCTION = {"mnist": {"torchvision"}}
+
+
+def imports(path: Path) -> list[tuple[int, str, bool]]:
+    """(line, imported module, at module level) for every import in path."""
+    tree = ast.parse(path.read_text(), str(path))
+    top_level = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name, id(node) in top_level) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found += [(node.lineno, node.module, id(node) in top_level)]
+    return found
+
+
+def violations(root: Path = ROOT) -> list[str]:
+    found = []
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            for line, module, top in imports(path):
+                head = module.split(".")[0]
+                if head in FORBIDDEN[package] and (top or head not in ALLOWED_IN_FUNCTION.get(package, set())):
+                    found.append(f"{path.relative_to(root)}:{line}: {package}/ imports {module}")
+    return found
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def cycles(root: Path = ROOT) -> list[str]:
+    """Import cycles between the project's modules (module-level and function-level imports alike)."""
+    modules = {module_name(p, root): p for package in PACKAGES for p in (root / package).rglob("*.py")}
+    graph: dict[str, set[str]] = defaultdict(set)
+    for name, path in modules.items():
+        for _, module, _ in imports(path):
+            if module in modules and module != name and modules[module].name != "__init__.py":
+                graph[name].add(module)
+    found: list[str] = []
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> None:
+        for nxt in sorted(graph[node]):
+            if nxt in path:
+                found.append(" -> ".join(path[path.index(nxt):] + [nxt]))
+            elif nxt not in done:
+                visit(nxt, path + [nxt])
+        done.add(node)
+
+    for node in sorted(modules):
+        if node not in done:
+            visit(node, [node])
+    return found
+
+
+def test_imports_flow_one_way():
+    assert violations() == []
+
+
+def test_no_import_cycles():
+    assert cycles() == []
+
+
+def test_the_rules_catch_each_import_they_forbid(tmp_path):
+    """The checks themselves: the three imports that once ran against the flow are each caught."""
+    for package in PACKAGES:
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "export" / "onnx_export.py").write_text("from export.variants import build\n")
+    (tmp_path / "export" / "variants.py").write_text("def f():\n    from export.onnx_export import x\n")
+    (tmp_path / "export" / "bench.py").write_text("from serving.runtime import INPUT\n")
+    (tmp_path / "loadtest" / "run.py").write_text("from training.data import load_split\n")
+    (tmp_path / "serving" / "runtime.py").write_text("def f():\n    import torch\n")
+    (tmp_path / "mnist" / "fallback.py").write_text("def f():\n    import torchvision\n")
+    assert violations(tmp_path) == [
+        "export/bench.py:1: export/ imports serving.runtime",
+        "serving/runtime.py:2: serving/ imports torch",
+        "loadtest/run.py:1: loadtest/ imports training.data",
+    ]
+    assert cycles(tmp_path) == ["export.onnx_export -> export.variants -> export.onnx_export"]
+
+
+NO_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None; "
+
+
+def test_loadtest_help_runs_without_torch():
+    code = NO_TORCH + "import runpy; sys.argv = ['x', '--help']; runpy.run_module('loadtest', run_name='__main__')"
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "usage: python -m loadtest" in run.stdout
+
+
+def test_service_and_load_test_import_without_torch():
+    code = NO_TORCH + "import serving.service, loadtest.run, loadtest.locustfile, mnist; print('ok')"
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
+
+
+OUTSIDE = ("../" + "shared", "shared/" + "DESIGN", "/work/")  # the design notes and machines live outside
+
+
+def test_no_file_names_a_path_outside_the_repository():
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    offenders = []
+    for name in tracked:
+        path = ROOT / name
+        if path.suffix in {".png", ".safetensors", ".onnx", ".jsonl"} or not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        if any(marker in text for marker in OUTSIDE):
+            offenders.append(name)
+    assert offenders == [], offenders

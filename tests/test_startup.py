@@ -1,0 +1,45 @@
+"""A service that cannot serve stops at start-up, once, with its reason: through `make serve` and `bentoml serve`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtest.server import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def serve(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run a serve command that must stop by itself; 90 s is far more than a failing start takes."""
+    return subprocess.run(command, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=90)
+
+
+def bentoml_serve() -> list[str]:
+    return [sys.executable, "-m", "bentoml", "serve", "serving.service:CapsNet", "--host", "127.0.0.1",
+            "--port", str(free_port())]
+
+
+@pytest.mark.skipif(Path("/dev/nvidiactl").exists(), reason="a GPU is present here")
+def test_cuda_without_a_working_provider_stops_make_serve_once(served_onnx):
+    """CAPSNET_MODEL given to make is the file served (make does not export its own)."""
+    run = serve(["make", "serve", f"CAPSNET_MODEL={served_onnx}", f"PORT={free_port()}"], {"CAPSNET_DEVICE": "cuda"})
+    assert run.returncode != 0
+    out = run.stdout + run.stderr
+    assert out.count("capsnet: cannot start: CAPSNET_DEVICE=cuda") == 1, out[-3000:]
+    assert "set CAPSNET_DEVICE=cpu" in out and "python -m export" not in out
+
+
+@pytest.mark.parametrize("env, reason", [
+    ({"CAPSNET_MODEL": "nowhere/capsnet.onnx"}, "nowhere/capsnet.onnx: no ONNX model here"),
+    ({"CAPSNET_DEVICE": "tpu"}, "CAPSNET_DEVICE='tpu': expected one of auto, cpu, cuda"),
+    ({"CAPSNET_VARIANT": "int4"}, "CAPSNET_VARIANT='int4': expected auto or one of fp32, int8, fp16"),
+])
+def test_bentoml_serve_exits_1_with_the_reason(served_onnx, env, reason):
+    run = serve(bentoml_serve(), {"CAPSNET_MODEL": str(served_onnx), "CAPSNET_DEVICE": "cpu", **env})
+    assert run.returncode == 1
+    assert (run.stdout + run.stderr).count(f"capsnet: cannot start: {reason}") == 1, run.stderr[-3000:]
