@@ -124,7 +124,7 @@ def test_service_and_load_test_import_without_torch():
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
 
 
-OUTSIDE = ("../" + "shared", "shared/" + "DESIGN", "/work/")  # the design notes and machines live outside
+OUTSIDE = ("../" + "shared", "shared/" + "DESIGN", "/" + "work/")  # the design notes and machines live outside
 
 
 def test_no_file_names_a_path_outside_the_repository():
