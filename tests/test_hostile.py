@@ -34,6 +34,18 @@ def png(image: Image.Image) -> bytes:
 NOISE_PNG = png(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)))
 BOMB_PNG = png(Image.new("1", (20000, 20000)))  # ~50 kB on the wire, 400 MB if decoded
 
+class Chunked:
+    """A body sent with Transfer-Encoding: chunked (no Content-Length): the gate must count as it reads."""
+
+    def __init__(self, chunks: int, size: int = 1024 * 1024):
+        self.chunks, self.size = chunks, size
+
+    def __iter__(self):
+        yield b'{"images": ['
+        for _ in range(self.chunks):
+            yield b" " * self.size
+
+
 # (name, route, request kwargs, expected status, a fragment of the reason)
 CASES = [
     ("invalid JSON", "/classify", {"content": b'{"images": [', "headers": JSON}, 400, "JSON"),
@@ -69,6 +81,9 @@ CASES = [
                                     "headers": JSON}, 400, "recursion limit"),
     ("body over the limit", "/classify", {"content": b'{"images": [' + b" " * (17 * 1024 * 1024) + b"]}",
                                           "headers": JSON}, 413, "bytes"),
+    ("chunked body over the limit", "/classify", {"content": Chunked(17), "headers": JSON}, 413, "bytes"),
+    ("upload over 10 MiB", "/classify_image", {"files": {"image": ("big.png", b"\x89PNG" + bytes(11 * 2**20),
+                                                                    "image/png")}}, 413, "at most 10,485,760"),
     ("reconstruct bad shape", "/reconstruct", {"json": {"images": [[1, 2]]}}, 400, "28x28"),
     ("not an image", "/classify_image", {"files": {"image": ("x.png", b"hello, world", "image/png")}}, 400,
      "not an image"),
