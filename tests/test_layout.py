@@ -138,3 +138,14 @@ def test_no_file_names_a_path_outside_the_repository():
         if any(marker in text for marker in OUTSIDE):
             offenders.append(name)
     assert offenders == [], offenders
+
+
+def test_every_document_the_readme_links_is_in_the_repository():
+    import re
+
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split())
+    for doc in ("README.md", "docs/ARCHITECTURE.md", "models/README.md", "BENCHMARKS.md"):
+        links = re.findall(r"\]\(([^)#\s]+)", (ROOT / doc).read_text())
+        local = [link for link in links if "://" not in link]
+        targets = {str((ROOT / doc).parent.joinpath(link).resolve().relative_to(ROOT)) for link in local}
+        assert targets <= tracked, (doc, sorted(targets - tracked))
