@@ -59,6 +59,11 @@ def _gpu_present() -> bool:
     return Path("/dev/nvidiactl").exists()
 
 
+def require_file(model_path: Path) -> None:
+    if not model_path.exists():
+        raise FileNotFoundError(f"{model_path}: no ONNX model here (run `make export`, or set CAPSNET_MODEL)")
+
+
 def wants_cuda(device: str) -> bool:
     """Whether `device` means trying the CUDA provider; raises DeviceError for an unknown name."""
     if device not in DEVICES:
@@ -74,8 +79,7 @@ def create_session(model_path: Path, device: str = "auto", threads: int = 0) -> 
     check `session.get_providers()[0]`.
     """
     want_cuda = wants_cuda(device)
-    if not model_path.exists():
-        raise FileNotFoundError(f"{model_path}: no ONNX model here (run `make export`, or set CAPSNET_MODEL)")
+    require_file(model_path)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -100,8 +104,7 @@ def on_cuda(session: ort.InferenceSession) -> bool:
 
 def read_metadata(model_path: Path) -> dict[str, str]:
     """The ONNX file's metadata_props, read through a session that optimizes nothing."""
-    if not model_path.exists():
-        raise FileNotFoundError(f"{model_path}: no ONNX model here (run `make export`, or set CAPSNET_MODEL)")
+    require_file(model_path)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
