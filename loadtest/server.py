@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -50,16 +51,21 @@ def running_service(port: int | None = None, target: str = SERVICE, env: dict[st
                     log: Path | None = None, timeout: float = 180, python: str = sys.executable
                     ) -> Iterator[Service]:
     """Yield a running `bentoml serve` process (URL and pid), run by `python`; stop its whole process group
-    afterwards."""
+    afterwards. If it is not ready in time, the error carries the end of its log."""
     port = port or free_port()
-    out = open(log, "w") if log else subprocess.DEVNULL
+    out = open(log, "w+") if log else tempfile.TemporaryFile("w+")
     proc = subprocess.Popen(
         [python, "-m", "bentoml", "serve", target, "--host", HOST, "--port", str(port)],
         env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://{HOST}:{port}"
     try:
-        wait_ready(url, timeout, proc)
+        try:
+            wait_ready(url, timeout, proc)
+        except (RuntimeError, TimeoutError) as err:
+            out.flush()
+            out.seek(0)
+            raise type(err)(f"{err}; the end of its log:\n{out.read()[-3000:]}") from None
         yield Service(url, proc.pid)
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -69,5 +75,4 @@ def running_service(port: int | None = None, target: str = SERVICE, env: dict[st
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        if log:
-            out.close()
+        out.close()

@@ -4,7 +4,8 @@ Plain Python (numpy + onnxruntime), no BentoML and never torch, so it is testabl
 the Bento stays small. It imports nothing from export/: the ONNX file is the contract. The input
 name comes from the session, the outputs it needs are checked at start-up, and the variants are
 the files that the fp32 graph's `variants` metadata names. Environment:
-    CAPSNET_MODEL    path of the fp32 ONNX file     (default artifacts/capsnet.onnx)
+    CAPSNET_MODEL    path of the fp32 ONNX file     (default artifacts/capsnet.onnx; a relative path is taken from
+                     the folder that holds serving/, the repository or a Bento's src/)
     CAPSNET_DEVICE   auto | cpu | cuda              (default auto: CUDA when it starts, else the CPU, said in
                      the log and /metadata; cuda never falls back: it stops the service)
     CAPSNET_VARIANT  auto | fp32 | int8 | fp16      (default auto: int8 on the CPU, fp16 on CUDA, each only
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+PROJECT = Path(__file__).resolve().parent.parent  # the folder that holds serving/: the repo, or a Bento's src/
 DEFAULT_MODEL = Path("artifacts/capsnet.onnx")
 DEVICES = ("auto", "cpu", "cuda")
 VARIANTS = ("fp32", "int8", "fp16")
@@ -62,6 +64,12 @@ def _gpu_present() -> bool:
 def require_file(model_path: Path) -> None:
     if not model_path.exists():
         raise FileNotFoundError(f"{model_path}: no ONNX model here (run `make export`, or set CAPSNET_MODEL)")
+
+
+def model_from_env() -> Path:
+    """CAPSNET_MODEL, a relative path taken from PROJECT: `bentoml serve` runs the start-up check in the
+    caller's folder but the workers in the Bento's src/, and both must open the same file."""
+    return PROJECT / _env("CAPSNET_MODEL", str(DEFAULT_MODEL))
 
 
 def wants_cuda(device: str) -> bool:
@@ -252,7 +260,7 @@ class CapsNetRuntime:
 
     def __init__(self, model_path: Path | str | None = None, device: str | None = None, threads: int | None = None,
                  variant: str | None = None):
-        fp32_path = Path(model_path or _env("CAPSNET_MODEL", str(DEFAULT_MODEL)))
+        fp32_path = Path(model_path) if model_path else model_from_env()
         self.device = device or _env("CAPSNET_DEVICE", "auto")
         threads = int(_env("CAPSNET_THREADS", "0")) if threads is None else threads
         choice = open_variant(fp32_path, variant or _env("CAPSNET_VARIANT", "auto"), self.device, threads)

@@ -1,10 +1,14 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from export.artifact import variant_path
 from serving.runtime import (CapsNetRuntime, DeviceError, InvalidInput, ModelError, TooLarge, create_session,
-                             validate_images)
+                             model_from_env, validate_images)
 from training.data import load_split
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def image(value=0.5):
@@ -182,3 +186,13 @@ def test_cuda_device_uses_the_cuda_provider(served_onnx, mnist_root):
     gpu = runtime.predict(x.numpy())
     assert np.array_equal(cpu.labels, gpu.labels)
     assert np.abs(cpu.lengths - gpu.lengths).max() < 1e-3
+
+
+def test_a_relative_capsnet_model_is_taken_from_the_project_not_the_callers_folder(tmp_path, monkeypatch):
+    """`bentoml serve <bento>` runs the start-up check in the caller's folder and the workers in the Bento's
+    src/: both must resolve CAPSNET_MODEL to the same file."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CAPSNET_MODEL", "artifacts/capsnet.onnx")
+    assert model_from_env() == ROOT / "artifacts" / "capsnet.onnx"
+    monkeypatch.setenv("CAPSNET_MODEL", str(tmp_path / "elsewhere.onnx"))
+    assert model_from_env() == tmp_path / "elsewhere.onnx"

@@ -35,7 +35,7 @@ def test_cuda_without_a_working_provider_stops_make_serve_once(served_onnx):
 
 
 @pytest.mark.parametrize("env, reason", [
-    ({"CAPSNET_MODEL": "nowhere/capsnet.onnx"}, "nowhere/capsnet.onnx: no ONNX model here"),
+    ({"CAPSNET_MODEL": "nowhere/capsnet.onnx"}, f"{ROOT}/nowhere/capsnet.onnx: no ONNX model here"),
     ({"CAPSNET_DEVICE": "tpu"}, "CAPSNET_DEVICE='tpu': expected one of auto, cpu, cuda"),
     ({"CAPSNET_VARIANT": "int4"}, "CAPSNET_VARIANT='int4': expected auto or one of fp32, int8, fp16"),
 ])
