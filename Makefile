@@ -20,11 +20,13 @@ QUICK_TRAIN_ARGS ?= --epochs 1 --limit 30000
 TRAIN_ARGS ?= $(QUICK_TRAIN_ARGS)
 PYTEST_ARGS ?=
 
-.PHONY: setup browser data train export serve loadtest build bench experiments test clean help
+.PHONY: setup browser data train export serve loadtest build container container-gpu container-gpu-check container-run bench experiments \
+        test clean help
 help:
 	@echo "make serve      set up, fetch MNIST, get a model, export + verify, serve on $(HOST):$(PORT)"
 	@echo "make test       run the test suite"
-	@echo "make setup | data | train | export | loadtest | build | bench | experiments | clean"
+	@echo "make container  the CPU image (Docker, else buildah), then make container-run serves it on $(HOST):$(PORT)"
+	@echo "make setup | data | train | export | loadtest | build | container-gpu | bench | experiments | clean"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +65,21 @@ loadtest: $(ONNX)
 
 build: $(ONNX)
 	$(VENV)/bin/bentoml build
+
+# The images: Docker where an engine answers, else buildah; the base image from Debian's packages.
+container: $(ONNX) | setup
+	deploy/container/build.sh cpu
+
+container-gpu: $(ONNX) | setup
+	deploy/container/build.sh gpu
+
+# Inside the GPU image: CUDA libraries load, CAPSNET_DEVICE=cpu serves, cuda without a GPU stops at start-up.
+container-gpu-check:
+	deploy/container/check-gpu-image.sh
+
+# The CPU image, with make serve's settings (HOST, PORT, CAPSNET_DEVICE, CAPSNET_VARIANT, CAPSNET_THREADS).
+container-run:
+	HOST=$(HOST) PORT=$(PORT) deploy/container/run.sh cpu
 
 bench: $(ONNX)
 	$(PY) -m export.bench $(BENCH_ARGS)

@@ -2,7 +2,8 @@
 and the octet-stream form of /classify (serving/octets.py).
 
 Bodies over MAX_BODY_BYTES are refused from their Content-Length, or as soon as a chunked body
-grows past it. Uploads to the image route are parsed here first, so that a form without exactly one
+grows past it; the rest of such a body (up to DRAIN_LIMIT in all) is read and dropped before the 413, so
+that a client that sends its whole body before reading gets the answer, not a reset connection. Uploads to the image route are parsed here first, so that a form without exactly one
 file field `image` gets a 400 with a reason instead of reaching the framework's form parsing.
 """
 
@@ -20,6 +21,7 @@ from serving.batching import Overloaded
 from serving.runtime import InvalidInput, TooLarge
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # 256 images as JSON fit in about 4 MB; uploads are capped at 10 MB
+DRAIN_LIMIT = 4 * MAX_BODY_BYTES  # an over-limit body up to this size is read to its end before the 413
 UPLOAD_ROUTES = {"/classify_image": "image"}  # route -> its one file field
 
 Scope = dict[str, Any]
@@ -38,6 +40,20 @@ async def reply(send: Send, status: int, error: str) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+async def refuse_too_large(receive: Receive, send: Send, max_bytes: int, read: int, declared: int | None) -> None:
+    """413 for a body over max_bytes of which `read` bytes were read. The rest of it is read and dropped
+    first when the whole body stays within DRAIN_LIMIT: a server that answers and closes while the client is
+    still sending makes the client's kernel see a reset, and a plain client never reads the answer."""
+    while read <= DRAIN_LIMIT and (declared is None or declared <= DRAIN_LIMIT):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        read += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    await reply(send, 413, f"request body over {max_bytes:,} bytes")
 
 
 async def form_problem(scope: Scope, body: bytes, field: str) -> str | None:
@@ -75,8 +91,11 @@ class RequestGate:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            return await reply(send, 413, f"request body over {self.max_bytes:,} bytes")
+        if length is not None and not length.isdigit():
+            return await reply(send, 400, "Content-Length is not a number")
+        declared = int(length) if length is not None else None
+        if declared is not None and declared > self.max_bytes:
+            return await refuse_too_large(receive, send, self.max_bytes, 0, declared)
         chunks: list[bytes] = []
         size = 0
         while True:  # read the body, at most max_bytes of it
@@ -86,7 +105,7 @@ class RequestGate:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_bytes:
-                return await reply(send, 413, f"request body over {self.max_bytes:,} bytes")
+                return await refuse_too_large(receive, send, self.max_bytes, size, declared)
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)

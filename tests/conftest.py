@@ -66,8 +66,11 @@ def service(served_onnx, tmp_path_factory):
     """A real `bentoml serve` process on a free loopback port, serving served_onnx."""
     from loadtest.server import running_service
 
-    log = tmp_path_factory.mktemp("service") / "service.log"
-    with running_service(env={"CAPSNET_MODEL": str(served_onnx), "CAPSNET_DEVICE": "cpu"}, log=log) as running:
+    folder = tmp_path_factory.mktemp("service")
+    # its own BentoML home: every `bentoml serve` that starts (tests/test_startup.py's among them) empties
+    # its home's Prometheus folder, which would leave this service's /metrics empty
+    env = {"CAPSNET_MODEL": str(served_onnx), "CAPSNET_DEVICE": "cpu", "BENTOML_HOME": str(folder / "bentoml")}
+    with running_service(env=env, log=folder / "service.log") as running:
         yield running
 
 

@@ -30,6 +30,8 @@ def test_built_bento_serves_from_a_virtualenv_without_torch(served_onnx, tmp_pat
     (context / "models").mkdir()
     shutil.copy(ROOT / "models" / "README.md", context / "models" / "README.md")
     shutil.copy(ROOT / "bentofile.yaml", context / "bentofile.yaml")
+    (context / "deploy" / "container").mkdir(parents=True)
+    shutil.copy(ROOT / "deploy" / "container" / "Dockerfile.j2", context / "deploy" / "container" / "Dockerfile.j2")
     env = {"BENTOML_HOME": str(tmp_path / "bentoml-home"), "BENTOML_DO_NOT_TRACK": "True"}
     build = subprocess.run([sys.executable, "-m", "bentoml", "build"], cwd=context, capture_output=True, text=True,
                            env={**os.environ, **env}, timeout=300)
@@ -41,7 +43,7 @@ def test_built_bento_serves_from_a_virtualenv_without_torch(served_onnx, tmp_pat
             "artifacts/capsnet.onnx", "artifacts/capsnet-int8.onnx", "artifacts/capsnet-fp16.onnx",
             "models/README.md"} <= files
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()
-    assert "onnxruntime-gpu==1.31.1" in requirements
+    assert "onnxruntime==1.31.1" in requirements and "onnxruntime-gpu" not in requirements  # the CPU Bento
     assert not re.search(r"^torch", requirements, re.M)
     assert yaml.safe_load((bento / "bento.yaml").read_text())["service"] == "serving.service:CapsNet"
 
@@ -63,3 +65,16 @@ def test_built_bento_serves_from_a_virtualenv_without_torch(served_onnx, tmp_pat
         int8_holds = json.loads(report_path(served_onnx).read_text())["variants"]["int8"]["meets_accuracy_bar"]
         assert meta["model_file"] == ("capsnet-int8.onnx" if int8_holds else "capsnet.onnx")  # the CPU default
         assert meta["warnings"] == []
+
+
+def test_the_gpu_bento_differs_from_the_cpu_bento_only_in_its_onnx_runtime():
+    cpu = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
+    gpu = yaml.safe_load((ROOT / "bentofile.gpu.yaml").read_text())
+    assert (cpu["name"], gpu["name"]) == ("capsnet", "capsnet-gpu")
+    assert "onnxruntime==1.31.1" in cpu["python"]["packages"]
+    assert "onnxruntime-gpu[cuda,cudnn]==1.31.1" in gpu["python"]["packages"]
+    others = [p for p in cpu["python"]["packages"] if not p.startswith("onnxruntime")]
+    assert others == [p for p in gpu["python"]["packages"] if not p.startswith("onnxruntime")]
+    for key in ("service", "include", "envs", "docker"):
+        assert cpu[key] == gpu[key], key
+    assert (ROOT / cpu["docker"]["dockerfile_template"]).exists()

@@ -32,3 +32,12 @@ def test_deployments_probe_the_service_health_routes():
         assert container["resources"]["requests"]["cpu"]
     gpu = yaml.safe_load((MANIFESTS[0].parent / "deployment-gpu.yaml").read_text())
     assert gpu["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_the_deployments_name_the_images_that_make_container_tags():
+    build = (MANIFESTS[0].parents[1] / "container" / "build.sh").read_text()
+    assert "IMAGE=${IMAGE:-capsnet:$KIND}" in build
+    for kind in ("cpu", "gpu"):
+        doc = yaml.safe_load((MANIFESTS[0].parent / f"deployment-{kind}.yaml").read_text())
+        container = doc["spec"]["template"]["spec"]["containers"][0]
+        assert (container["image"], container["imagePullPolicy"]) == (f"capsnet:{kind}", "IfNotPresent")

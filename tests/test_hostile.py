@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import time
+import urllib.error
+import urllib.request
 
 import httpx
 import numpy as np
@@ -134,6 +136,20 @@ def test_bad_request(service_url, good_digit, name, route, kwargs, status, fragm
     assert httpx.get(service_url + "/readyz", timeout=10).status_code == 200
     ok = httpx.post(service_url + "/classify", json={"images": [good_digit]}, timeout=30)
     assert ok.status_code == 200 and len(ok.json()["labels"]) == 1
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_plain_client_that_sends_the_whole_body_before_reading_gets_the_413(service_url, framing):
+    """urllib writes all 19 MB before it reads the answer: the service reads and drops the rest of an
+    over-limit body instead of closing on a client that is still sending (which it sees as a reset)."""
+    body = b'{"images": [' + b" " * (19 * 1024 * 1024) + b"]}"
+    data = body if framing == "content-length" else (body[i:i + 2**20] for i in range(0, len(body), 2**20))
+    headers = JSON if framing == "content-length" else {**JSON, "Transfer-Encoding": "chunked"}
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(urllib.request.Request(service_url + "/classify", data=data, headers=headers),
+                               timeout=60)
+    assert answer.value.code == 413
+    assert json.loads(answer.value.read()) == {"error": "request body over 16,777,216 bytes"}
 
 
 def test_memory_does_not_grow_round_after_round(service, good_digit):

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Run an image that build.sh made, with the same settings as `make serve`: deploy/container/run.sh [cpu|gpu]
+#
+# Environment: HOST (127.0.0.1), PORT (3000), CAPSNET_DEVICE, CAPSNET_VARIANT, CAPSNET_THREADS, IMAGE
+# (default capsnet:cpu or capsnet:gpu). With `docker run` where an engine answers (the GPU image gets
+# --gpus all), else `buildah run --isolation chroot`, which shares this machine's network, so the service
+# listens on HOST:PORT itself. Ctrl-C (or SIGTERM) stops the service gracefully and removes the container.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. deploy/container/builder.sh
+
+KIND=${1:-cpu}
+IMAGE=${IMAGE:-capsnet:$KIND}
+HOST=${HOST:-127.0.0.1}
+PORT=${PORT:-3000}
+BENTO_PATH=/home/bentoml/bento
+envs=()
+for name in CAPSNET_DEVICE CAPSNET_VARIANT CAPSNET_THREADS; do
+    if [ -n "${!name:-}" ]; then envs+=(--env "$name=${!name}"); fi
+done
+
+detect_builder
+if [ "$CONTAINER_BUILDER" = docker ]; then
+    flags=(--rm --init -p "$HOST:$PORT:3000")
+    if [ "$KIND" = gpu ]; then flags+=(--gpus all); fi
+    if [ -t 0 ]; then flags+=(-it); fi
+    exec docker run "${flags[@]}" "${envs[@]}" "$IMAGE"
+fi
+
+ctr=$(buildah from -q "$IMAGE") || { echo "container: FAILED: no image $IMAGE (make container)" >&2; exit 1; }
+trap 'buildah rm "$ctr" >/dev/null 2>&1 || true' EXIT
+echo "container: $IMAGE as $ctr (buildah, chroot isolation) on http://$HOST:$PORT" >&2
+# In its own session, so that a Ctrl-C in the terminal reaches this script only (see stop).
+setsid buildah run --isolation chroot --env "PORT=$PORT" "${envs[@]}" "$ctr" -- "$BENTO_PATH/env/docker/entrypoint.sh" \
+    --host "$HOST" &
+runner=$!
+
+descendants() {  # every process below $1, parents first
+    local child
+    for child in $(pgrep -P "$1"); do echo "$child"; descendants "$child"; done
+}
+stop() {
+    # buildah run answers a signal by killing its child at once, which orphans BentoML's worker:
+    # ask `bentoml serve` itself to shut down instead, then make sure nothing of it is left.
+    local pid procs
+    procs=$(descendants "$runner")
+    for pid in $procs; do
+        if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q "bentoml serve"; then kill -TERM "$pid"; fi
+    done
+    for _ in $(seq 40); do kill -0 "$runner" 2>/dev/null || break; sleep 0.5; done
+    for pid in $procs; do kill -KILL "$pid" 2>/dev/null || true; done
+}
+trap 'stop' INT TERM
+set +e
+wait "$runner"
+rc=$?
+while kill -0 "$runner" 2>/dev/null; do wait "$runner"; rc=$?; done
+exit "$rc"

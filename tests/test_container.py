@@ -1,0 +1,182 @@
+"""The CPU container image, built and run for real: `make container`, then `make container-run`.
+
+Built with Docker where an engine answers, else with buildah (chroot isolation) on a base image made from
+Debian's packages; the test then serves real digits from inside the image, checks the answers against
+ONNX Runtime in this process, stops it as Ctrl-C would, and removes the image and the Bento it made
+(the base image stays, as a cache).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+from PIL import Image
+
+from export.artifact import VARIANTS, variant_path
+from export.onnx_export import report_path
+from loadtest.server import free_port, wait_ready
+from mnist import read_split
+from serving.preprocess import preprocess
+from serving.runtime import CapsNetRuntime
+from tests.test_hostile import CASES
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACT = ROOT / "artifacts" / "capsnet.onnx"
+IMAGE = "capsnet-test:cpu"
+IN_IMAGE = "/home/bentoml/bento"  # BentoML's BENTO_PATH: every process of the service names it
+
+
+def docker_answers() -> bool:
+    return shutil.which("docker") is not None and subprocess.run(
+        ["docker", "info"], capture_output=True).returncode == 0
+
+
+def can_build() -> bool:
+    installable = shutil.which("apt-get") is not None and os.geteuid() == 0
+    return docker_answers() or (shutil.which("buildah") is not None and os.geteuid() == 0) or installable
+
+
+pytestmark = pytest.mark.skipif(not can_build(), reason="no Docker engine, and buildah cannot be used here")
+
+
+def service_processes() -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        if any(IN_IMAGE in part for part in p.info["cmdline"] or []):
+            found.append(p)
+    return found
+
+
+def remove_image() -> None:
+    if docker_answers():
+        subprocess.run(["docker", "rmi", "-f", IMAGE], capture_output=True)
+    else:
+        subprocess.run(["buildah", "rmi", "-f", f"localhost/{IMAGE}"], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def built(served_onnx, tmp_path_factory):
+    """`make container` with the image tagged IMAGE and the Bento in a temporary BentoML home."""
+    if not ARTIFACT.exists():  # what `make export` makes from the same weights, already made by served_onnx
+        ARTIFACT.parent.mkdir(exist_ok=True)
+        for variant in VARIANTS:
+            shutil.copy(variant_path(served_onnx, variant), variant_path(ARTIFACT, variant))
+        shutil.copy(report_path(served_onnx), report_path(ARTIFACT))
+    env = {**os.environ, "IMAGE": IMAGE, "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml-home"))}
+    started = time.perf_counter()
+    build = subprocess.run(["make", "container"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    print(f"make container: {time.perf_counter() - started:.0f} s;", build.stderr.strip().splitlines()[-1])
+    yield env
+    remove_image()
+
+
+@pytest.fixture(scope="module")
+def running(built, tmp_path_factory):
+    """`make container-run` on a free loopback port, in its own process group as a terminal would run it."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("container") / "run.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(["make", "container-run", f"PORT={port}", "HOST=127.0.0.1"], cwd=ROOT,
+                                env={**built, "CAPSNET_THREADS": "1"}, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        started = time.perf_counter()
+        try:
+            wait_ready(f"http://127.0.0.1:{port}", 180, proc)
+        except (RuntimeError, TimeoutError) as err:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(f"{err}\n{log.read_text()[-3000:]}") from None
+        print(f"make container-run: ready in {time.perf_counter() - started:.1f} s")
+        yield proc, f"http://127.0.0.1:{port}"
+        if proc.poll() is None:  # a test failed before the one that stops it
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        for p in service_processes():
+            p.kill()
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_root):
+    images, labels = read_split("test", mnist_root, 64)
+    images = images[:, None]  # N x 1 x 28 x 28
+    expected = CapsNetRuntime(ARTIFACT, device="cpu", variant="int8").predict(images)
+    return images, labels, expected
+
+
+def test_metadata_says_int8_on_the_cpu(running):
+    _, url = running
+    info = httpx.post(url + "/metadata", timeout=30).json()
+    assert (info["variant"], info["providers"][0]) == ("int8", "CPUExecutionProvider")
+
+
+def test_real_digits_as_json_and_as_raw_float32_agree_with_onnx_runtime_here(running, digits):
+    _, url = running
+    images, labels, expected = digits
+    as_json = httpx.post(url + "/classify", json={"images": images[:, 0].tolist()}, timeout=60)
+    raw = httpx.post(url + "/classify", content=images.astype("<f4").tobytes(), timeout=60,
+                     headers={"Content-Type": "application/octet-stream"})
+    for answer in (as_json, raw):
+        assert answer.status_code == 200, answer.text[:300]
+        assert answer.json()["labels"] == expected.labels.tolist()
+        assert np.abs(np.array(answer.json()["lengths"]) - expected.lengths).max() < 1e-3
+    assert np.mean(expected.labels == labels) >= 0.98
+
+
+def test_a_png_upload_is_classified_as_here(running, digits):
+    _, url = running
+    images, _, _ = digits
+    buf = io.BytesIO()
+    Image.fromarray((255 * images[0, 0]).astype(np.uint8)).save(buf, format="PNG")
+    here = CapsNetRuntime(ARTIFACT, device="cpu", variant="int8").predict(preprocess(buf.getvalue())[None])
+    r = httpx.post(url + "/classify_image", files={"image": ("digit.png", buf.getvalue(), "image/png")}, timeout=60)
+    assert r.status_code == 200 and r.json()["label"] == int(here.labels[0])
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in {
+    "above 1", "over the batch cap", "body over the limit", "not an image", "octets: over the batch cap"}],
+    ids=lambda c: c[0])
+def test_hostile_requests_get_their_4xx(running, case):
+    _, url = running
+    name, route, kwargs, status, fragment = case
+    r = httpx.post(url + route, timeout=30, **kwargs)
+    assert r.status_code == status and fragment in r.json()["error"], (name, r.text[:300])
+
+
+def test_the_page_answers(running):
+    _, url = running
+    r = httpx.get(url + "/ui/", timeout=30)
+    assert r.status_code == 200 and "<canvas" in r.text
+
+
+def test_the_service_runs_as_a_user_that_is_not_root(running):
+    """`bentoml serve` and its worker, the image's Python (buildah's own processes outside it are root)."""
+    python = [p for p in service_processes() if "python" in p.cmdline()[0]]
+    assert len(python) >= 2, "the image's `bentoml serve` and its worker were not found"
+    assert all(p.uids().real != 0 for p in python), [(p.pid, p.uids().real, p.cmdline()[:3]) for p in python]
+
+
+def test_ctrl_c_stops_it_and_leaves_nothing_running(running):
+    proc, url = running
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to the foreground process group
+    assert proc.wait(timeout=60) is not None
+    time.sleep(1)
+    assert service_processes() == []
+    with pytest.raises(httpx.TransportError):
+        httpx.get(url + "/readyz", timeout=3)
+    if not docker_answers():
+        left = subprocess.run(["buildah", "containers", "--format", "{{.ImageName}}"], capture_output=True,
+                              text=True).stdout
+        assert IMAGE not in left
