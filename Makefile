@@ -12,7 +12,11 @@ QUICK_RUN := runs/quick
 QUICK_WEIGHTS := $(QUICK_RUN)/checkpoint.safetensors
 # The published model when there is one, else a quick CPU model trained here.
 WEIGHTS ?= $(if $(wildcard $(PUBLISHED)),$(PUBLISHED),$(QUICK_WEIGHTS))
-ONNX := artifacts/capsnet.onnx
+# The published, verified ONNX files (models/capsnet-mnist{,-int8,-fp16}.onnx): serving needs no PyTorch.
+PUBLISHED_ONNX := models/capsnet-mnist.onnx
+# What `make export` makes from WEIGHTS (PyTorch needed).
+EXPORTED := artifacts/capsnet.onnx
+ONNX ?= $(if $(wildcard $(PUBLISHED_ONNX)),$(PUBLISHED_ONNX),$(EXPORTED))
 # The fp32 file `make serve` serves (its variants are the files its metadata names); set it to serve another.
 CAPSNET_MODEL ?= $(ONNX)
 # Quick CPU model: one pass over 30,000 digits, about 7 minutes on 2 cores, about 98% test accuracy.
@@ -20,7 +24,7 @@ QUICK_TRAIN_ARGS ?= --epochs 1 --limit 30000
 TRAIN_ARGS ?= $(QUICK_TRAIN_ARGS)
 PYTEST_ARGS ?=
 
-.PHONY: setup browser data train export serve loadtest build container container-gpu container-gpu-check container-run bench experiments \
+.PHONY: setup serve-setup publish-onnx browser data train export serve loadtest build container container-gpu container-gpu-check container-run bench experiments \
         test clean help
 help:
 	@echo "make serve      set up, fetch MNIST, get a model, export + verify, serve on $(HOST):$(PORT)"
@@ -28,11 +32,19 @@ help:
 	@echo "make container  the CPU image (Docker, else buildah), then make container-run serves it on $(HOST):$(PORT)"
 	@echo "make setup | data | train | export | loadtest | build | container-gpu | bench | experiments | clean"
 
+# Two sets of packages in one venv: serving only (ONNX Runtime, BentoML, numpy, Pillow: what make serve,
+# build and container need with the published ONNX files), or everything (PyTorch, Locust, the tests).
+$(VENV)/.serve: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[serve]'
+	touch $@
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
-	touch $@
+	touch $@ $(VENV)/.serve
+
+serve-setup: $(VENV)/.serve
 
 setup: $(VENV)/.installed browser
 
@@ -51,26 +63,30 @@ $(QUICK_WEIGHTS): | setup
 train: setup
 	$(PY) -m training $(TRAIN_ARGS) --out $(QUICK_RUN)
 
-$(ONNX): $(WEIGHTS) | setup
-	$(PY) -m export --checkpoint $(WEIGHTS) --out $(ONNX)
+$(EXPORTED): $(WEIGHTS) | setup
+	$(PY) -m export --checkpoint $(WEIGHTS) --out $(EXPORTED)
 
 export: setup
-	$(PY) -m export --checkpoint $(WEIGHTS) --out $(ONNX)
+	$(PY) -m export --checkpoint $(WEIGHTS) --out $(EXPORTED)
 
-serve: $(if $(filter $(ONNX),$(CAPSNET_MODEL)),$(ONNX)) | setup
+# Maintainers: the published ONNX files from the published weights (the same export and verification).
+publish-onnx: setup
+	$(PY) -m export --checkpoint $(PUBLISHED) --out $(PUBLISHED_ONNX)
+
+serve: $(if $(filter $(EXPORTED),$(CAPSNET_MODEL)),$(EXPORTED)) | serve-setup
 	CAPSNET_MODEL=$(CAPSNET_MODEL) $(VENV)/bin/bentoml serve serving.service:CapsNet --host $(HOST) --port $(PORT)
 
-loadtest: $(ONNX)
+loadtest: $(ONNX) | setup
 	$(PY) -m loadtest --model $(ONNX) $(LOADTEST_ARGS)
 
-build: $(ONNX)
+build: | serve-setup
 	$(VENV)/bin/bentoml build
 
 # The images: Docker where an engine answers, else buildah; the base image from Debian's packages.
-container: $(ONNX) | setup
+container: | serve-setup
 	deploy/container/build.sh cpu
 
-container-gpu: $(ONNX) | setup
+container-gpu: | serve-setup
 	deploy/container/build.sh gpu
 
 # Inside the GPU image: CUDA libraries load, CAPSNET_DEVICE=cpu serves, cuda without a GPU stops at start-up.
@@ -81,8 +97,8 @@ container-gpu-check:
 container-run:
 	HOST=$(HOST) PORT=$(PORT) deploy/container/run.sh cpu
 
-bench: $(ONNX)
-	$(PY) -m export.bench $(BENCH_ARGS)
+bench: $(ONNX) | setup
+	$(PY) -m export.bench --onnx $(ONNX) $(BENCH_ARGS)
 
 experiments: setup
 	$(PY) -m training.evaluate --out docs/experiments

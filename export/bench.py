@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m export.bench", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--weights", type=Path, default=Path("models/capsnet-mnist.safetensors"), help="PyTorch weights")
-    p.add_argument("--onnx", type=Path, default=Path("artifacts/capsnet.onnx"), help="fp32 ONNX of the same weights")
+    p.add_argument("--onnx", type=Path, default=Path("models/capsnet-mnist.onnx"), help="fp32 ONNX of the same weights")
     p.add_argument("--broadcast", action=argparse.BooleanOptionalAction, default=True,
                    help="also time the same weights exported with broadcast-multiply routing")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run")

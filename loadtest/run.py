@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--digits", type=int, default=512, help="distinct MNIST test digits to send")
     p.add_argument("--slo-p99-ms", type=float, default=250, help="p99 latency bound, checked at --slo-users")
     p.add_argument("--slo-users", type=int, default=16, help="user count at which the p99 SLO is checked")
-    p.add_argument("--model", type=Path, default=Path("artifacts/capsnet.onnx"), help="fp32 ONNX model to serve")
+    p.add_argument("--model", type=Path, default=Path("models/capsnet-mnist.onnx"), help="fp32 ONNX model to serve")
     p.add_argument("--variant", choices=["auto", *VARIANTS], default="auto",
                    help="model variant (CAPSNET_VARIANT); auto: int8 on the CPU if it met its accuracy bar")
     p.add_argument("--port", type=int, default=None, help="service port (default: a free loopback port)")

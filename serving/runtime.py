@@ -4,7 +4,7 @@ Plain Python (numpy + onnxruntime), no BentoML and never torch, so it is testabl
 the Bento stays small. It imports nothing from export/: the ONNX file is the contract. The input
 name comes from the session, the outputs it needs are checked at start-up, and the variants are
 the files that the fp32 graph's `variants` metadata names. Environment:
-    CAPSNET_MODEL    path of the fp32 ONNX file     (default artifacts/capsnet.onnx; a relative path is taken from
+    CAPSNET_MODEL    path of the fp32 ONNX file     (default models/capsnet-mnist.onnx; a relative path is taken from
                      the folder that holds serving/, the repository or a Bento's src/)
     CAPSNET_DEVICE   auto | cpu | cuda              (default auto: CUDA when it starts, else the CPU, said in
                      the log and /metadata; cuda never falls back: it stops the service)
@@ -26,7 +26,7 @@ import numpy as np
 import onnxruntime as ort
 
 PROJECT = Path(__file__).resolve().parent.parent  # the folder that holds serving/: the repo, or a Bento's src/
-DEFAULT_MODEL = Path("artifacts/capsnet.onnx")
+DEFAULT_MODEL = Path("models/capsnet-mnist.onnx")  # the published, verified file
 DEVICES = ("auto", "cpu", "cuda")
 VARIANTS = ("fp32", "int8", "fp16")
 PREFERRED_VARIANT = {"cpu": "int8", "cuda": "fp16"}

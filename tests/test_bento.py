@@ -17,17 +17,18 @@ from export.artifact import VARIANTS, variant_path
 from mnist import read_split
 
 ROOT = Path(__file__).resolve().parents[1]
+PUBLISHED_ONNX = ROOT / "models" / "capsnet-mnist.onnx"
 
 
-def test_built_bento_serves_from_a_virtualenv_without_torch(served_onnx, tmp_path, mnist_root):
-    """Built here, then served by a new virtualenv that holds only the Bento's own requirements.txt."""
+def test_built_bento_serves_from_a_virtualenv_without_torch(tmp_path, mnist_root):
+    """Built here from the published ONNX files, then served by a new virtualenv that holds only the Bento's
+    own requirements.txt."""
     context = tmp_path / "context"
     shutil.copytree(ROOT / "serving", context / "serving", ignore=shutil.ignore_patterns("__pycache__"))
-    (context / "artifacts").mkdir()
-    for variant in VARIANTS:
-        shutil.copy(variant_path(served_onnx, variant), variant_path(context / "artifacts" / "capsnet.onnx", variant))
-    shutil.copy(report_path(served_onnx), context / "artifacts" / "capsnet.verify.json")
     (context / "models").mkdir()
+    for variant in VARIANTS:
+        shutil.copy(variant_path(PUBLISHED_ONNX, variant), context / "models")
+    shutil.copy(report_path(PUBLISHED_ONNX), context / "models")
     shutil.copy(ROOT / "models" / "README.md", context / "models" / "README.md")
     shutil.copy(ROOT / "bentofile.yaml", context / "bentofile.yaml")
     (context / "deploy" / "container").mkdir(parents=True)
@@ -40,7 +41,7 @@ def test_built_bento_serves_from_a_virtualenv_without_torch(served_onnx, tmp_pat
     bento = tmp_path / "bentoml-home" / "bentos" / tag.replace(":", "/")
     files = {str(p.relative_to(bento / "src")) for p in (bento / "src").rglob("*") if p.is_file()}
     assert {"serving/service.py", "serving/runtime.py", "serving/static/index.html",
-            "artifacts/capsnet.onnx", "artifacts/capsnet-int8.onnx", "artifacts/capsnet-fp16.onnx",
+            "models/capsnet-mnist.onnx", "models/capsnet-mnist-int8.onnx", "models/capsnet-mnist-fp16.onnx",
             "models/README.md"} <= files
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()
     assert "onnxruntime==1.31.1" in requirements and "onnxruntime-gpu" not in requirements  # the CPU Bento
@@ -62,8 +63,8 @@ def test_built_bento_serves_from_a_virtualenv_without_torch(served_onnx, tmp_pat
                        headers={"Content-Type": "application/json"}, timeout=60)
         assert r.status_code == 200 and len(r.json()["labels"]) == 2
         meta = httpx.post(url + "/metadata", json={}, timeout=60).json()
-        int8_holds = json.loads(report_path(served_onnx).read_text())["variants"]["int8"]["meets_accuracy_bar"]
-        assert meta["model_file"] == ("capsnet-int8.onnx" if int8_holds else "capsnet.onnx")  # the CPU default
+        assert json.loads(report_path(PUBLISHED_ONNX).read_text())["variants"]["int8"]["meets_accuracy_bar"]
+        assert meta["model_file"] == "capsnet-mnist-int8.onnx"  # the CPU default
         assert meta["warnings"] == []
 
 

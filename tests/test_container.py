@@ -22,8 +22,6 @@ import psutil
 import pytest
 from PIL import Image
 
-from export.artifact import VARIANTS, variant_path
-from export.onnx_export import report_path
 from loadtest.server import free_port, wait_ready
 from mnist import read_split
 from serving.preprocess import preprocess
@@ -31,7 +29,7 @@ from serving.runtime import CapsNetRuntime
 from tests.test_hostile import CASES
 
 ROOT = Path(__file__).resolve().parents[1]
-ARTIFACT = ROOT / "artifacts" / "capsnet.onnx"
+ARTIFACT = ROOT / "models" / "capsnet-mnist.onnx"  # the published file the image serves
 IMAGE = "capsnet-test:cpu"
 IN_IMAGE = "/home/bentoml/bento"  # BentoML's BENTO_PATH: every process of the service names it
 
@@ -65,13 +63,8 @@ def remove_image() -> None:
 
 
 @pytest.fixture(scope="module")
-def built(served_onnx, tmp_path_factory):
+def built(tmp_path_factory):
     """`make container` with the image tagged IMAGE and the Bento in a temporary BentoML home."""
-    if not ARTIFACT.exists():  # what `make export` makes from the same weights, already made by served_onnx
-        ARTIFACT.parent.mkdir(exist_ok=True)
-        for variant in VARIANTS:
-            shutil.copy(variant_path(served_onnx, variant), variant_path(ARTIFACT, variant))
-        shutil.copy(report_path(served_onnx), report_path(ARTIFACT))
     env = {**os.environ, "IMAGE": IMAGE, "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml-home"))}
     started = time.perf_counter()
     build = subprocess.run(["make", "container"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)

@@ -1,0 +1,87 @@
+"""The published ONNX files in other runtimes, on real test digits, against ONNX Runtime in Python:
+OpenVINO (pip `openvino`) and onnxruntime-node (npm, clients/js/classify.mjs). The README's table
+comes from scripts/runtimes.py, which measures the same things on all 10,000 digits with speeds."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.artifact import VARIANTS, variant_path
+from export.onnx_export import TOLERANCE
+from mnist import read_split
+from scripts.runtimes import MODEL, NODE_SCRIPT, OPENVINO_CONFIG, in_chunks, onnxruntime_lengths, openvino_lengths
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = 1000
+# how far each variant may be from ONNX Runtime's run of the same file, and the least argmax agreement
+OPENVINO_BOUNDS = {"fp32": (TOLERANCE["lengths"], 1.0), "fp16": (1e-3, 0.999), "int8": (0.5, 0.99)}
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_root):
+    images, labels = read_split("test", mnist_root, DIGITS)
+    return images[:, None], labels
+
+
+@pytest.fixture(scope="module")
+def node_modules():
+    if shutil.which("npm") is None:
+        pytest.skip("needs Node.js and npm")
+    folder = NODE_SCRIPT.parent
+    if not (folder / "node_modules" / "onnxruntime-node").exists():
+        run = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=folder, capture_output=True, text=True,
+                             timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+    return folder
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_openvino_runs_the_published_file_as_onnx_runtime_does(digits, variant):
+    images, labels = digits
+    path = variant_path(MODEL, variant)
+    reference = in_chunks(onnxruntime_lengths(path), images)
+    lengths = in_chunks(openvino_lengths(path, OPENVINO_CONFIG), images)
+    bound, agreement = OPENVINO_BOUNDS[variant]
+    assert np.abs(lengths - reference).max() <= bound
+    assert np.mean(lengths.argmax(1) == reference.argmax(1)) >= agreement
+    assert np.mean(lengths.argmax(1) == labels) >= 0.99
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_onnxruntime_node_gives_the_labels_python_gives(digits, node_modules, tmp_path, variant):
+    images, _ = digits
+    path = variant_path(MODEL, variant)
+    few = images[:200]
+    few.astype("<f4").tofile(tmp_path / "digits.f32")
+    run = subprocess.run(["node", str(NODE_SCRIPT), str(path), str(tmp_path / "digits.f32")], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    answer = json.loads(run.stdout)
+    reference = onnxruntime_lengths(path)(few)
+    assert answer["labels"] == reference.argmax(1).tolist()
+    assert np.abs(np.array(answer["lengths"]) - reference).max() <= TOLERANCE["lengths"]
+
+
+def test_the_cards_python_example_runs_and_prints_what_it_says(mnist_root):
+    card = (ROOT / "models" / "ONNX.md").read_text()
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    expected = re.search(r"print\(.*\)\s*# (.*)", code).group(1)
+    code = code.replace("data/MNIST/raw/", f"{mnist_root}/MNIST/raw/")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == expected
+
+
+def test_the_readme_table_is_what_scripts_runtimes_wrote():
+    measured = json.loads((ROOT / "docs" / "runtimes.json").read_text())
+    assert measured["table"] in (ROOT / "README.md").read_text()
+    assert {(r["variant"], r["runtime"]) for r in measured["rows"] if r["loads"]} >= {
+        (v, rt) for v in VARIANTS for rt in ("onnxruntime", "openvino", "onnxruntime-node")}
