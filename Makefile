@@ -36,7 +36,7 @@ help:
 # build and container need with the published ONNX files), or everything (PyTorch, Locust, the tests).
 $(VENV)/.serve: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[serve]'
+	$(PY) -m pip install -q --no-compile -e '.[serve]'
 	touch $@
 
 $(VENV)/.installed: pyproject.toml
