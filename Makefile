@@ -24,7 +24,7 @@ QUICK_TRAIN_ARGS ?= --epochs 1 --limit 30000
 TRAIN_ARGS ?= $(QUICK_TRAIN_ARGS)
 PYTEST_ARGS ?=
 
-.PHONY: setup serve-setup publish-onnx browser data train export serve loadtest build container container-gpu container-gpu-check container-run bench experiments \
+.PHONY: setup serve-setup publish-onnx web browser data train export serve loadtest build container container-gpu container-gpu-check container-run bench experiments \
         test clean help
 help:
 	@echo "make serve      set up, fetch MNIST, get a model, export + verify, serve on $(HOST):$(PORT)"
@@ -81,6 +81,13 @@ loadtest: $(ONNX) | setup
 
 build: | serve-setup
 	$(VENV)/bin/bentoml build
+
+# onnxruntime-web's WASM build for the page's in-browser mode, from its npm package (clients/js, pinned).
+ORT_WEB_FILES := ort.wasm.min.mjs ort-wasm-simd-threaded.mjs ort-wasm-simd-threaded.wasm
+web:
+	cd clients/js && npm ci --no-audit --no-fund
+	mkdir -p serving/static/ort
+	cp $(addprefix clients/js/node_modules/onnxruntime-web/dist/,$(ORT_WEB_FILES)) serving/static/ort/
 
 # The images: Docker where an engine answers, else buildah; the base image from Debian's packages.
 container: | serve-setup

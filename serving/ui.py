@@ -1,11 +1,15 @@
 """The page to try the model, mounted on the service at /ui (a Starlette app).
 
 GET /ui/ is the page; POST /ui/predict takes the same multipart upload as /classify_image and also
-returns the 28x28 input the model saw and its reconstruction, for display.
+returns the 28x28 input the model saw and its reconstruction, for display. For the page's in-browser
+mode: GET /ui/model.onnx is the ONNX file the service runs (the int8 variant on the CPU), and /ui/ort/
+holds onnxruntime-web's WASM build, copied from its npm package by `make web` (absent until then: the
+page then offers only the server).
 """
 
 from __future__ import annotations
 
+import mimetypes
 from pathlib import Path
 
 import anyio
@@ -14,7 +18,8 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from serving.preprocess import preprocess
 from serving.batching import Overloaded
@@ -22,6 +27,9 @@ from serving.limits import error_response
 from serving.runtime import InvalidInput, Prediction
 
 PAGE = Path(__file__).with_name("static") / "index.html"
+ORT_WEB = PAGE.parent / "ort"  # ort.wasm.min.mjs, ort-wasm-simd-threaded.{mjs,wasm}: `make web`
+mimetypes.add_type("text/javascript", ".mjs")  # browsers load ES modules only with a JavaScript type
+mimetypes.add_type("application/wasm", ".wasm")  # and compile WASM while it streams only with this one
 
 
 async def page(request: Request) -> FileResponse:
@@ -52,4 +60,9 @@ async def predict(request: Request) -> JSONResponse:
     })
 
 
-app = Starlette(routes=[Route("/", page), Route("/predict", predict, methods=["POST"])])
+async def model(request: Request) -> FileResponse:
+    return FileResponse(bentoml.get_current_service().runtime.model_path, media_type="application/octet-stream")
+
+
+app = Starlette(routes=[Route("/", page), Route("/predict", predict, methods=["POST"]), Route("/model.onnx", model),
+                        Mount("/ort", StaticFiles(directory=ORT_WEB, check_dir=False), name="ort")])

@@ -1,7 +1,10 @@
 """The page at /ui in real headless Chromium (Debian's chromium, driven by Playwright)."""
 
 import os
+import re
 import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,4 +41,52 @@ def test_upload_a_real_digit_and_read_the_label(service_url, served_onnx, mnist_
         assert page.locator(".bar.win").get_attribute("data-digit") == str(expected)
         assert page.locator("#error").inner_text() == ""
         page.screenshot(path=str(os.environ.get("CAPSNET_UI_SCREENSHOT", tmp_path / "ui.png")))
+        browser.close()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ort_web():
+    """onnxruntime-web's files for the page (`make web`: npm ci in clients/js, then a copy)."""
+    if not (ROOT / "serving" / "static" / "ort" / "ort.wasm.min.mjs").exists():
+        if shutil.which("npm") is None:
+            pytest.skip("needs npm for onnxruntime-web")
+        made = subprocess.run(["make", "web"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert made.returncode == 0, made.stderr[-2000:]
+
+
+def test_the_page_classifies_in_the_browser_as_the_server_does(service_url, ort_web, mnist_root, tmp_path):
+    """Five real digits, each uploaded twice: once to the server, once run by onnxruntime-web in the page
+    (no request to the server's model then); the labels agree, and the page says which ran and how long."""
+    from playwright.sync_api import sync_playwright
+
+    x, _ = load_split("test", mnist_root, 5)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1000, "height": 620})
+        predicts: list[str] = []
+        page.on("request", lambda r: predicts.append(r.url) if r.url.endswith("/ui/predict") else None)
+        page.goto(service_url + "/ui/")
+        page.wait_for_function("!document.getElementById('inbrowser').disabled", timeout=30_000)
+        for i in range(5):
+            png = tmp_path / f"digit{i}.png"
+            Image.fromarray((255 * x[i, 0].numpy()).astype(np.uint8)).resize((140, 140)).save(png)
+            labels = {}
+            for where in ("server", "browser"):
+                page.set_checked("#inbrowser", where == "browser")
+                page.evaluate("document.getElementById('ran').dataset.where = ''")
+                page.set_input_files("#file", [])
+                page.set_input_files("#file", str(png))
+                page.wait_for_function(f"document.getElementById('ran').dataset.where === '{where}'"
+                                       " || document.getElementById('error').textContent !== ''", timeout=60_000)
+                assert page.locator("#error").inner_text() == ""
+                assert re.fullmatch(rf"ran in the {where}: \d+\.\d ms", page.locator("#ran").inner_text())
+                labels[where] = page.locator("#label").inner_text()
+            assert labels["server"] == labels["browser"], (i, labels)
+        assert len(predicts) == 5  # the five server runs; the browser runs asked the server nothing
+        page.screenshot(path=str(tmp_path / "in-browser.png"))
         browser.close()
