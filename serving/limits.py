@@ -90,7 +90,8 @@ class RequestGate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
         if length is not None and not length.isdigit():
             return await reply(send, 400, "Content-Length is not a number")
         declared = int(length) if length is not None else None
@@ -109,6 +110,8 @@ class RequestGate:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        if content_type(scope) == "multipart/form-data" and b"boundary=" not in headers.get(b"content-type", b""):
+            return await reply(send, 400, "a multipart/form-data body needs a boundary in its Content-Type")
         if (scope["path"], scope["method"]) == (octets.ROUTE, "POST") and content_type(scope) == octets.CONTENT_TYPE:
             try:
                 response = JSONResponse(await octets.classify_octets(body))

@@ -1,0 +1,105 @@
+"""The OpenAPI document at /docs.json, made valid OpenAPI 3 and exact about what the service takes and
+answers (an ASGI middleware that rewrites it as it leaves).
+
+What BentoML 1.4 writes needs four fixes: its own types `"type": "file"` (the upload) and
+`"type": "tensor"` (the images; BentoML's clients read these from /schema.json, which stays as it is)
+are not OpenAPI types; the images' shape, range and count are not said; none of our error answers is
+documented; and it cannot know the raw float32 form of /classify (serving/octets.py).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from serving.limits import Receive, Scope, Send
+from serving.runtime import IMAGE_SIZE, MAX_BATCH
+
+ROUTE = "/docs.json"
+PIXEL = {"type": "number", "minimum": 0, "maximum": 1}
+ROW = {"type": "array", "minItems": IMAGE_SIZE, "maxItems": IMAGE_SIZE, "items": PIXEL}
+IMAGE = {"type": "array", "minItems": IMAGE_SIZE, "maxItems": IMAGE_SIZE, "items": ROW}
+IMAGES = {"description": f"N images of {IMAGE_SIZE}x{IMAGE_SIZE} (or all of 1x{IMAGE_SIZE}x{IMAGE_SIZE}) grey levels"
+                         f" in [0, 1], a white digit on black, 1 <= N <= {MAX_BATCH}",
+          "anyOf": [{"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": IMAGE},
+                    {"type": "array", "minItems": 1, "maxItems": MAX_BATCH,
+                     "items": {"type": "array", "minItems": 1, "maxItems": 1, "items": IMAGE}}]}
+IMAGES_BODY = {"type": "object", "required": ["images"], "properties": {"images": IMAGES}}
+UPLOAD = {"type": "string", "format": "binary",
+          "description": "PNG, JPEG, BMP, GIF or WebP, at most 10 MiB and 16,777,216 pixels"}
+LABEL = {"type": "integer", "minimum": 0, "maximum": 9}
+LENGTHS = {"type": "array", "minItems": 10, "maxItems": 10, "items": {"type": "number", "minimum": 0}}
+ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+ERRORS = {"400": "malformed input; the error says what is wrong",
+          "413": "over a limit: more than 256 images, a body over 16 MiB, an upload over 10 MiB or 16,777,216 pixels",
+          "429": "more than 128 requests in the service at once",
+          "503": "the batcher's queue is full"}
+OCTETS = {"type": "string", "format": "binary",
+          "description": f"N x {IMAGE_SIZE} x {IMAGE_SIZE} float32 little-endian in [0, 1], raw, 1 <= N <= {MAX_BATCH}"}
+
+
+def json_content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def answers(ok: dict[str, Any]) -> dict[str, Any]:
+    documented = {"200": {"description": "OK", "content": json_content(ok)}}
+    for status, why in ERRORS.items():
+        documented[status] = {"description": why, "content": json_content({"$ref": "#/components/schemas/Error"})}
+    return documented
+
+
+def fix(document: dict[str, Any]) -> dict[str, Any]:
+    """BentoML's document -> a valid OpenAPI 3 document that says what the service does."""
+    paths = document["paths"]
+    classify = paths["/classify"]["post"]
+    classify["requestBody"] = {"required": True, "content": {
+        **json_content(IMAGES_BODY), "application/octet-stream": {"schema": OCTETS}}}
+    classify["responses"] = answers({"type": "object", "required": ["labels", "lengths"], "properties": {
+        "labels": {"type": "array", "items": LABEL}, "lengths": {"type": "array", "items": LENGTHS}}})
+    reconstruct = paths["/reconstruct"]["post"]
+    reconstruct["requestBody"] = {"required": True, "content": json_content(IMAGES_BODY)}
+    reconstruct["responses"] = answers({"type": "object", "required": ["labels", "reconstructions"], "properties": {
+        "labels": {"type": "array", "items": LABEL}, "reconstructions": {"type": "array", "items": IMAGE}}})
+    upload = paths["/classify_image"]["post"]
+    upload["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["image"], "properties": {"image": UPLOAD}}}}}
+    upload["responses"] = answers({"type": "object", "required": ["label", "lengths"],
+                                   "properties": {"label": LABEL, "lengths": LENGTHS}})
+    metadata = paths["/metadata"]["post"]
+    metadata["requestBody"] = {"required": False, "content": json_content({"type": "object"})}
+    metadata["responses"] = answers({"type": "object", "required": ["model_name", "variant", "providers"]})
+    # only what the paths refer to: BentoML's others (its task status, with the OpenAPI 3.1 type "null")
+    # describe routes this service does not have
+    used = json.dumps(paths)
+    document["components"]["schemas"] = {"Error": ERROR, **{
+        name: schema for name, schema in document["components"]["schemas"].items()
+        if f'"#/components/schemas/{name}"' in used}}
+    return document
+
+
+class OpenAPIFix:
+    """Rewrites the body of GET /docs.json with `fix`; every other request passes untouched."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != ROUTE:
+            return await self.app(scope, receive, send)
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def keep(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, keep)
+        body = b"".join(chunks)
+        if start.get("status") == 200:
+            body = json.dumps(fix(json.loads(body)), ensure_ascii=False).encode()
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        await send({**start, "headers": headers + [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
