@@ -34,14 +34,20 @@ help:
 
 # Two sets of packages in one venv: serving only (ONNX Runtime, BentoML, numpy, Pillow: what make serve,
 # build and container need with the published ONNX files), or everything (PyTorch, Locust, the tests).
-$(VENV)/.serve: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --no-compile -e '.[serve]'
+# The machine's own pip installs into the venv when it has one (`pip --python`): a venv without pip of
+# its own takes 0.2 s instead of 7.
+HOST_PIP := $(shell $(PYTHON) -m pip --version >/dev/null 2>&1 && echo yes)
+PIP := $(if $(HOST_PIP),$(PYTHON) -m pip --python $(PY),$(PY) -m pip)
+
+$(PY):
+	$(PYTHON) -m venv $(if $(HOST_PIP),--without-pip) $(VENV)
+
+$(VENV)/.serve: pyproject.toml | $(PY)
+	$(PIP) install -q --no-compile -e '.[serve]'
 	touch $@
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PIP) install -q -e '.[test]'
 	touch $@ $(VENV)/.serve
 
 serve-setup: $(VENV)/.serve
