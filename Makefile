@@ -24,7 +24,7 @@ QUICK_TRAIN_ARGS ?= --epochs 1 --limit 30000
 TRAIN_ARGS ?= $(QUICK_TRAIN_ARGS)
 PYTEST_ARGS ?=
 
-.PHONY: setup serve-setup publish-onnx web browser data train export serve loadtest build container container-gpu container-gpu-check container-run bench experiments \
+.PHONY: setup serve-setup publish-onnx web browser data train export serve loadtest loadtest-pinned build container container-gpu container-gpu-check container-run bench experiments \
         test clean help
 help:
 	@echo "make serve      set up, fetch MNIST, get a model, export + verify, serve on $(HOST):$(PORT)"
@@ -84,6 +84,10 @@ serve: $(if $(filter $(EXPORTED),$(CAPSNET_MODEL)),$(EXPORTED)) | serve-setup
 
 loadtest: $(ONNX) | setup
 	$(PY) -m loadtest --model $(ONNX) $(LOADTEST_ARGS)
+
+# The per-request cost on disjoint cores: the service and the hand-written baseline, wrk as the client.
+loadtest-pinned: $(ONNX) | setup
+	$(PY) -m loadtest.pinned --model $(ONNX) $(PINNED_ARGS)
 
 build: | serve-setup
 	$(VENV)/bin/bentoml build

@@ -1,0 +1,205 @@
+"""python -m loadtest.pinned: the per-request cost of the service, measured on disjoint cores.
+
+The server runs on --service-cores, the load generator (wrk, a compiled HTTP client; Debian's `wrk`) on
+--client-cores. For three bodies (1 digit as JSON, 1 digit as raw float32, 8 digits as raw float32) it
+reports req/s, images/s, that rate as a share of in-process ONNX Runtime on the same cores at its best
+batch size, the server's CPU time per request (its processes' CPU counters), and p50/p99 latency; first
+for the service (`bentoml serve`, int8), then, in the same run, for the hand-written baseline
+(loadtest/reference.py). Writes pinned.json and pinned.md under --out and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import psutil
+
+from loadtest.server import free_port, wait_ready
+from mnist import DEFAULT_ROOT, read_split
+from serving.runtime import CapsNetRuntime
+
+BODIES = {"1 digit, JSON": (1, "json"), "1 digit, raw float32": (1, "raw"), "8 digits, raw float32": (8, "raw")}
+IN_PROCESS_BATCHES = (1, 8, 16, 32, 64)
+LUA = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "{content_type}"
+local f = io.open("{body}", "rb"); wrk.body = f:read("*a"); f:close()
+"""
+
+
+def cores(text: str) -> set[int]:
+    return {int(c) for c in text.split(",")}
+
+
+def in_process_best(model: Path, variant: str, service_cores: set[int], images: np.ndarray,
+                    seconds: float) -> tuple[float, int]:
+    """Best images/s of ONNX Runtime in this process, pinned to the service's cores, and its batch size."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, service_cores)
+    try:
+        runtime = CapsNetRuntime(model, device="cpu", threads=len(service_cores), variant=variant)
+        rates = {}
+        for batch in IN_PROCESS_BATCHES:
+            runtime.predict(images[:batch])
+            done, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                runtime.predict(images[:batch])
+                done += batch
+            rates[batch] = done / (time.perf_counter() - started)
+    finally:
+        os.sched_setaffinity(0, before)
+    batch = max(rates, key=rates.get)
+    return rates[batch], batch
+
+
+@contextmanager
+def server(kind: str, model: Path, variant: str, service_cores: set[int], log: Path) -> Iterator[tuple[str, int]]:
+    """The service or the baseline, pinned with taskset; yields its URL and pid."""
+    port = free_port()
+    pin = ["taskset", "-c", ",".join(map(str, sorted(service_cores)))]
+    threads = str(len(service_cores))
+    if kind == "service":
+        command = pin + [sys.executable, "-m", "bentoml", "serve", "serving.service:CapsNet", "--host", "127.0.0.1",
+                         "--port", str(port)]
+        env = {"CAPSNET_MODEL": str(model), "CAPSNET_VARIANT": variant, "CAPSNET_DEVICE": "cpu",
+               "CAPSNET_THREADS": threads, "BENTOML_HOME": str(log.parent / "bentoml")}
+    else:
+        file = model if variant == "fp32" else model.with_name(f"{model.stem}-{variant}{model.suffix}")
+        command = pin + [sys.executable, "-m", "loadtest.reference", "--model", str(file), "--port", str(port),
+                         "--threads", threads]
+        env = {}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}", 180, proc)
+            yield f"http://127.0.0.1:{port}", proc.pid
+        finally:
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=30)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its descendants."""
+    total = 0.0
+    root = psutil.Process(pid)
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def wrk(url: str, script: Path, client_cores: set[int], connections: int, seconds: float) -> dict:
+    run = subprocess.run(["taskset", "-c", ",".join(map(str, sorted(client_cores))), "wrk", "-t1",
+                          f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url + "/classify"],
+                         capture_output=True, text=True, timeout=seconds + 60)
+    if run.returncode != 0:
+        raise RuntimeError(f"wrk failed: {run.stderr.strip()}")
+    out = run.stdout
+
+    def ms(label: str) -> float:
+        value, unit = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"requests": requests, "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50_ms": ms("50%"), "p99_ms": ms("99%"), "non_2xx": int(errors.group(1)) if errors else 0}
+
+
+def measure(args: argparse.Namespace) -> dict:
+    service_cores, client_cores = cores(args.service_cores), cores(args.client_cores)
+    if service_cores & client_cores:
+        raise SystemExit("--service-cores and --client-cores must not share a core")
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is missing: apt-get install wrk (Debian's package)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    images = read_split("test", args.data, 64)[0][:, None]
+    best, best_batch = in_process_best(args.model, args.variant, service_cores, images, args.in_process_seconds)
+    print(f"in-process ONNX Runtime ({args.variant}, cores {args.service_cores}): {best:.0f} images/s"
+          f" at batch {best_batch}", file=sys.stderr)
+    for name, (count, form) in BODIES.items():
+        body = args.out / f"body-{count}-{form}"
+        body.write_bytes(images[:count].astype("<f4").tobytes() if form == "raw" else
+                         json.dumps({"images": images[:count, 0].tolist()}).encode())
+        (args.out / f"{body.name}.lua").write_text(LUA.format(
+            content_type="application/octet-stream" if form == "raw" else "application/json", body=body))
+    rows = []
+    for kind in ("service", "reference"):
+        with server(kind, args.model, args.variant, service_cores, args.out / f"{kind}.log") as (url, pid):
+            for name, (count, form) in BODIES.items():
+                script = args.out / f"body-{count}-{form}.lua"
+                wrk(url, script, client_cores, args.connections, args.warmup)
+                cpu_before = cpu_seconds(pid)
+                result = wrk(url, script, client_cores, args.connections, args.seconds)
+                cpu = cpu_seconds(pid) - cpu_before
+                row = {"server": kind, "body": name, "images_per_request": count, **result,
+                       "images_per_s": round(result["requests_per_s"] * count, 1),
+                       "share_of_in_process": round(result["requests_per_s"] * count / best, 3),
+                       "cpu_ms_per_request": round(1000 * cpu / max(result["requests"], 1), 2)}
+                rows.append(row)
+                print(f"{kind:9} {name:22} {row['requests_per_s']:8.1f} req/s  {row['share_of_in_process']:6.1%}"
+                      f"  {row['cpu_ms_per_request']:5.2f} ms CPU/request", file=sys.stderr)
+    return {"in_process_images_per_s": round(best, 1), "in_process_batch": best_batch, "variant": args.variant,
+            "service_cores": args.service_cores, "client_cores": args.client_cores,
+            "connections": args.connections, "seconds": args.seconds, "rows": rows}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"In-process ONNX Runtime ({report['variant']}, cores {report['service_cores']}):"
+             f" {report['in_process_images_per_s']:,.0f} images/s at batch {report['in_process_batch']}."
+             f" Server on cores {report['service_cores']}, wrk on {report['client_cores']},"
+             f" {report['connections']} connections, {report['seconds']} s per body.", "",
+             "| server | body | req/s | images/s | of in-process | server CPU per request | p50 | p99 | non-2xx |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['server']} | {r['body']} | {r['requests_per_s']:,.0f} | {r['images_per_s']:,.0f} |"
+                     f" {r['share_of_in_process']:.0%} | {r['cpu_ms_per_request']:.2f} ms | {r['p50_ms']:.1f} ms |"
+                     f" {r['p99_ms']:.1f} ms | {r['non_2xx']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtest.pinned", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", type=Path, default=Path("models/capsnet-mnist.onnx"), help="fp32 ONNX file")
+    p.add_argument("--variant", default="int8", help="variant both servers run")
+    p.add_argument("--service-cores", default="0", help="cores of the server and of in-process ORT")
+    p.add_argument("--client-cores", default="1", help="cores of wrk")
+    p.add_argument("--connections", type=int, default=16, help="wrk connections")
+    p.add_argument("--seconds", type=float, default=15, help="measured seconds per body and server")
+    p.add_argument("--warmup", type=float, default=3, help="unmeasured seconds before each measurement")
+    p.add_argument("--in-process-seconds", type=float, default=1.5, help="seconds per in-process batch size")
+    p.add_argument("--data", type=Path, default=Path(DEFAULT_ROOT), help="MNIST root folder")
+    p.add_argument("--out", type=Path, default=Path("runs/pinned"), help="where the report goes")
+    p.add_argument("--quick", action="store_true", help="2 s per body, 1 s warm-up (what the tests run)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seconds, args.warmup, args.in_process_seconds = 2, 1, 0.5
+    report = measure(args)
+    failed = [r for r in report["rows"] if r["non_2xx"] or not r["requests"]]
+    (args.out / "pinned.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.out / "pinned.md").write_text(markdown(report) + "\n")
+    print(markdown(report))
+    if failed:
+        print(f"FAILED: non-2xx answers or no requests in {[(r['server'], r['body']) for r in failed]}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
