@@ -27,7 +27,7 @@ import psutil
 
 from loadtest.server import free_port, wait_ready
 from mnist import DEFAULT_ROOT, read_split
-from serving.runtime import CapsNetRuntime
+from serving.runtime import CapsNetRuntime, read_metadata
 
 BODIES = {"1 digit, JSON": (1, "json"), "1 digit, raw float32": (1, "raw"), "8 digits, raw float32": (8, "raw")}
 IN_PROCESS_BATCHES = (1, 8, 16, 32, 64)
@@ -74,7 +74,8 @@ def server(kind: str, model: Path, variant: str, service_cores: set[int], log: P
         env = {"CAPSNET_MODEL": str(model), "CAPSNET_VARIANT": variant, "CAPSNET_DEVICE": "cpu",
                "CAPSNET_THREADS": threads, "BENTOML_HOME": str(log.parent / "bentoml")}
     else:
-        file = model if variant == "fp32" else model.with_name(f"{model.stem}-{variant}{model.suffix}")
+        # the variant's file as the service finds it: named in the fp32 file's `variants` metadata
+        file = model if variant == "fp32" else model.with_name(json.loads(read_metadata(model)["variants"])[variant])
         command = pin + [sys.executable, "-m", "loadtest.reference", "--model", str(file), "--port", str(port),
                          "--threads", threads]
         env = {}

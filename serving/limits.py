@@ -2,9 +2,10 @@
 and the octet-stream form of /classify (serving/octets.py).
 
 Bodies over MAX_BODY_BYTES are refused from their Content-Length, or as soon as a chunked body
-grows past it; the rest of such a body (up to DRAIN_LIMIT in all) is read and dropped before the 413, so
-that a client that sends its whole body before reading gets the answer, not a reset connection. Uploads to the image route are parsed here first, so that a form without exactly one
-file field `image` gets a 400 with a reason instead of reaching the framework's form parsing.
+grows past it; the rest of such a body (up to DRAIN_LIMIT in all) is read and dropped before the 413,
+so that a client that sends its whole body before reading gets the answer, not a reset connection.
+Uploads to the image route are parsed here first, so that a form without exactly one file field
+`image` gets a 400 with a reason instead of reaching the framework's form parsing.
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ async def form_problem(scope: Scope, body: bytes, field: str) -> str | None:
     return None
 
 
-def content_type(scope: Scope) -> str:
-    raw = dict(scope.get("headers") or []).get(b"content-type", b"")
+def content_type(raw: bytes) -> str:
+    """A Content-Type header's media type, without its parameters."""
     return raw.decode("latin-1").split(";")[0].strip().lower()
 
 
@@ -110,9 +111,11 @@ class RequestGate:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        if content_type(scope) == "multipart/form-data" and b"boundary=" not in headers.get(b"content-type", b""):
+        raw_type = headers.get(b"content-type", b"")
+        kind = content_type(raw_type)
+        if kind == "multipart/form-data" and b"boundary=" not in raw_type:
             return await reply(send, 400, "a multipart/form-data body needs a boundary in its Content-Type")
-        if (scope["path"], scope["method"]) == (octets.ROUTE, "POST") and content_type(scope) == octets.CONTENT_TYPE:
+        if (scope["path"], scope["method"]) == (octets.ROUTE, "POST") and kind == octets.CONTENT_TYPE:
             try:
                 response = JSONResponse(await octets.classify_octets(body))
             except (InvalidInput, Overloaded) as err:
