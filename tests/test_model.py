@@ -3,7 +3,7 @@ import math
 import torch
 
 from training.model import (CapsNet, CapsNetConfig, DigitCaps, PrimaryCaps, capsule_lengths, count_parameters,
-                            margin_loss, reconstruction_loss, squash)
+                            margin_loss, reconstruction_loss, routing_summary, squash)
 
 
 def test_parameter_count_matches_the_paper():
@@ -123,3 +123,44 @@ def test_forward_shapes_and_masking():
     assert not torch.allclose(recon, recon_t)
     _, _, recon_same = model(x, lengths.argmax(1))
     assert torch.allclose(recon, recon_same)
+
+
+def test_routing_summary_averages_the_winning_class_over_types_and_positions():
+    cfg = CapsNetConfig()
+    c = torch.full((1, 10, 1152), 0.05)
+    c[0, 3, 36 * 5 + 6 * 2 + 4] = 0.95  # type 5, row 2, column 4 couples to class 3
+    c[0, 3, 36 * 7 + 6 * 2 + 4] = 0.75  # type 7, same position
+    routing_map, types = routing_summary(c, torch.tensor([3]), cfg)
+    assert routing_map.shape == (1, 6, 6) and types.shape == (1, 32)
+    assert math.isclose(routing_map[0, 2, 4].item(), (30 * 0.05 + 0.95 + 0.75) / 32, rel_tol=1e-6)
+    assert math.isclose(routing_map[0, 0, 0].item(), 0.05, rel_tol=1e-6)
+    assert math.isclose(types[0, 5].item(), (35 * 0.05 + 0.95) / 36, rel_tol=1e-6)
+    assert math.isclose(types[0, 0].item(), 0.05, rel_tol=1e-6)
+    other_map, _ = routing_summary(c, torch.tensor([4]), cfg)
+    assert torch.allclose(other_map, torch.full((1, 6, 6), 0.05))
+
+
+def test_explain_is_forward_plus_the_last_routing_of_the_winner():
+    torch.manual_seed(0)
+    model = CapsNet().eval()
+    x = torch.rand(2, 1, 28, 28)
+    lengths, poses, recon = model(x)
+    e_lengths, e_poses, e_recon, routing_map, types = model.explain(x)
+    assert torch.equal(lengths, e_lengths) and torch.equal(poses, e_poses) and torch.equal(recon, e_recon)
+    h = torch.relu(model.conv1(x))
+    _, c = model.digit_caps.route(model.digit_caps.predictions(model.primary_caps(h)))
+    winner = c[torch.arange(2), lengths.argmax(1)]  # (2, 1152)
+    assert torch.allclose(routing_map, winner.view(2, 32, 6, 6).mean(1))
+    assert torch.allclose(types, winner.view(2, 32, 36).mean(2))
+    assert torch.all((routing_map > 0) & (routing_map < 1))
+
+
+def test_decode_is_the_decoder_on_one_given_capsule():
+    torch.manual_seed(0)
+    model = CapsNet().eval()
+    lengths, poses, recon = model(torch.rand(3, 1, 28, 28))
+    label = lengths.argmax(1)
+    assert torch.allclose(model.decode(poses[torch.arange(3), label], label), recon, atol=1e-6)
+    nudged = poses[torch.arange(3), label].clone()
+    nudged[:, 0] += 0.25
+    assert not torch.allclose(model.decode(nudged, label), recon, atol=1e-3)

@@ -6,6 +6,12 @@ image (B, 1, 28, 28)
   -> DigitCaps, 3 routing iterations       (B, 10, 16)      v_j; class score |v_j|
   -> Decoder on one masked capsule         (B, 1, 28, 28)
 
+Explaining a prediction (`CapsNet.explain`): the last routing iteration's coupling coefficients
+c_ij for the winning class j, averaged over the 32 capsule types at each 6x6 position (the routing
+map) and over the 36 positions of each type (the type shares). Each c_ij is the share of capsule
+i's vote that went to parent j (the softmax over the 10 parents), so both are shares in [0, 1]
+with 0.1 meaning "no preference": means, not sums, so that they read the same at any grid size.
+
 The routing is written as batched matrix products (u_hat and both routing sums), the form that
 ONNX Runtime runs fastest, so that the exported graph is this forward pass unrolled.
 """
@@ -139,6 +145,15 @@ class Decoder(nn.Module):
         return out.view(-1, 1, self.cfg.image_size, self.cfg.image_size)
 
 
+def routing_summary(c: torch.Tensor, keep: torch.Tensor, cfg: CapsNetConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coupling coefficients c (B, 10, 1152) -> for class keep (B,): the routing map (B, 6, 6), the mean over
+    the 32 types at each position, and the type shares (B, 32), the mean over the 36 positions of each type."""
+    mask = F.one_hot(keep, cfg.num_classes).to(c.dtype).unsqueeze(-1)  # (B, 10, 1)
+    grid = cfg.primary_grid
+    c_keep = (c * mask).sum(1).view(-1, cfg.primary_types, grid, grid)  # (B, 32, 6, 6), i = 36t + 6y + x
+    return c_keep.mean(1), c_keep.mean((2, 3))
+
+
 class CapsNet(nn.Module):
     def __init__(self, cfg: CapsNetConfig = CapsNetConfig()):
         super().__init__()
@@ -160,6 +175,19 @@ class CapsNet(nn.Module):
         lengths = capsule_lengths(v)  # (B, 10)
         keep = target if target is not None else lengths.argmax(1)
         return lengths, v, self.decoder(v, keep)
+
+    def explain(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """forward's three outputs for the longest capsule, and its routing map (B, 6, 6) and type shares (B, 32)."""
+        h = F.relu(self.conv1(x))
+        v, c = self.digit_caps.route(self.digit_caps.predictions(self.primary_caps(h)))
+        lengths = capsule_lengths(v)
+        keep = lengths.argmax(1)
+        return (lengths, v, self.decoder(v, keep), *routing_summary(c, keep, self.cfg))
+
+    def decode(self, pose: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """The decoder on one capsule given directly: pose (B, 16) of class label (B,) -> (B, 1, 28, 28)."""
+        v = pose.unsqueeze(1).expand(-1, self.cfg.num_classes, -1)  # the mask keeps only row `label`
+        return self.decoder(v, label)
 
 
 def margin_loss(lengths: torch.Tensor, target: torch.Tensor, m_plus: float = 0.9, m_minus: float = 0.1,
