@@ -1,4 +1,5 @@
-"""python -m export: checkpoint -> artifacts/capsnet.onnx, verified against PyTorch, and its int8 and fp16 variants."""
+"""python -m export: checkpoint -> artifacts/capsnet.onnx, verified against PyTorch, its int8 and fp16 variants, and
+the decoder alone (capsnet-decoder.onnx)."""
 
 from __future__ import annotations
 
@@ -33,10 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, diffs in {**report["onnxruntime"], "onnx_reference": report["onnx_reference"]}.items():
         print(f"{name:>14}: " + "  ".join(f"{k}={v:.3g}" for k, v in diffs.items()))
     print(f"test accuracy through ONNX Runtime: {report['test_accuracy_ort']:.4%} on {report['test_digits']:,} digits")
+    print(f"decoder: max |d reconstruction| {report['decoder']['max_abs_diff_winner_poses']:.3g} on the winners' poses,"
+          f" {report['decoder']['max_abs_diff_moved_poses']:.3g} on poses moved by up to 0.25 -> {report['decoder']['onnx']}")
     for name, v in report["variants"].items():
         verdict = "meets" if v["meets_accuracy_bar"] else "MISSES"
         print(f"{name} variant: {v['test_accuracy_ort']:.4%} (loss against fp32: {v['accuracy_loss_points']:.2f} points;"
-              f" {verdict} the {v['accuracy_bar_points']}-point bar) -> {v['onnx']}")
+              f" {verdict} the {v['accuracy_bar_points']}-point bar; routing map within"
+              f" {v['against_torch']['max_abs_diff_routing_map']:.2g} of PyTorch) -> {v['onnx']}")
     print(f"wrote {args.out} and {report_path(args.out)} ({report['seconds']} s)")
     return 0
 

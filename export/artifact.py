@@ -17,12 +17,15 @@ import onnx
 import onnxruntime as ort
 
 INPUT = "image"  # float32 (N, 1, 28, 28) in [0, 1]
-OUTPUTS = ("lengths", "poses", "reconstruction")  # (N, 10), (N, 10, 16), (N, 1, 28, 28)
+OUTPUTS = ("lengths", "poses", "reconstruction",  # (N, 10), (N, 10, 16), (N, 1, 28, 28)
+           "routing_map", "routing_types")  # (N, 6, 6), (N, 32): the winner's last coupling coefficients
 VARIANTS = ("fp32", "int8", "fp16")  # fp32 is the exported graph itself
+DECODER = "decoder"  # capsnet-decoder.onnx beside the fp32 file: pose (N, 16) + label (N,) -> (N, 1, 28, 28)
+DECODER_INPUTS, DECODER_OUTPUT = ("pose", "label"), "reconstruction"
 
 
 def variant_path(fp32_path: Path | str, variant: str) -> Path:
-    """artifacts/capsnet.onnx -> artifacts/capsnet-int8.onnx; the fp32 variant is the file itself."""
+    """artifacts/capsnet.onnx -> artifacts/capsnet-int8.onnx (or -decoder.onnx); the fp32 variant is the file itself."""
     fp32_path = Path(fp32_path)
     return fp32_path if variant == "fp32" else fp32_path.with_name(f"{fp32_path.stem}-{variant}{fp32_path.suffix}")
 
@@ -50,4 +53,6 @@ def ort_outputs(session: ort.InferenceSession, images: np.ndarray, batch_size: i
 def ort_accuracy(session: ort.InferenceSession, images: np.ndarray, labels: np.ndarray, batch_size: int = 256
                  ) -> float:
     """Top-1 accuracy by the longest capsule."""
-    return float((ort_outputs(session, images, batch_size)["lengths"].argmax(1) == labels).mean())
+    lengths = np.concatenate([session.run([OUTPUTS[0]], {INPUT: images[i:i + batch_size]})[0]
+                              for i in range(0, len(images), batch_size)])
+    return float((lengths.argmax(1) == labels).mean())

@@ -5,6 +5,10 @@ of --repeats timed runs after a warm-up. On the CPU: PyTorch eager, ORT fp32 (al
 optimizations), the broadcast-routing graph, ORT int8. On CUDA: PyTorch eager TF32, ORT fp32 and
 fp16 with IO binding (input and output stay on the GPU), the broadcast graph. Prints a table with
 ratios to PyTorch eager and the targets' ratios, and writes runs/bench/bench.json and bench.png.
+
+Then, on the CPU, what the routing outputs cost (--routing): the served variant's graph cut down to
+/classify's outputs against the full graph asked for the same outputs (with and without ONNX Runtime's
+only_execute_path_to_fetches, which the service sets) and asked for everything, as /explain does.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from training.checkpoint import load_weights
 from mnist import DEFAULT_ROOT, read_split
 
 CPU_BATCHES = (1, 8, 64, 256)
-LENGTHS = OUTPUTS[0]  # the timed output: the class scores
+LENGTHS = OUTPUTS[0]  # the class scores: the output the GPU runs (IO binding) leave on the device
 GPU_BATCHES = (1, 8, 64, 256, 1024, 4096)
 
 
@@ -60,9 +64,21 @@ def node_counts(path: Path) -> dict[str, int]:
     return dict(collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node).most_common())
 
 
-def ort_run(session: ort.InferenceSession) -> Callable:
-    """factory(batch) -> one plain session.run of that batch (numpy in, numpy out)."""
-    return lambda images: lambda: session.run([LENGTHS], {INPUT: images})
+def fetched_only() -> ort.RunOptions:
+    """Run options under which ONNX Runtime computes only what the asked outputs need (as the service runs)."""
+    options = ort.RunOptions()
+    options.only_execute_path_to_fetches = True
+    return options
+
+
+CLASSIFY_OUTPUTS = ("lengths", "reconstruction")  # what /classify asks the model for, what PyTorch's forward computes
+
+
+def ort_run(session: ort.InferenceSession, outputs: tuple[str, ...] = CLASSIFY_OUTPUTS,
+            options: ort.RunOptions | None = None) -> Callable:
+    """factory(batch) -> one plain session.run of that batch (numpy in, numpy out): by default /classify's run."""
+    options = options or fetched_only()
+    return lambda images: lambda: session.run(list(outputs), {INPUT: images}, options)
 
 
 def ort_iobinding(session: ort.InferenceSession, device: str) -> Callable:
@@ -148,6 +164,35 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def routing_cost(onnx_path: Path, out: Path, digits: np.ndarray, batches: list[int], repeats: int, threads: int
+                 ) -> dict[str, dict[str, float]]:
+    """Images/s of /classify's and /explain's runs on one graph, against the graph without the routing outputs."""
+    import onnx.utils
+
+    cut = out / f"{onnx_path.stem}-classify-outputs.onnx"
+    onnx.utils.extract_model(str(onnx_path), str(cut), [INPUT], list(CLASSIFY_OUTPUTS))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    full, classify_only = (ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                           for path in (onnx_path, cut))
+    runs = {"graph without routing outputs": ort_run(classify_only, CLASSIFY_OUTPUTS),
+            "classify's outputs, fetched only (the service)": ort_run(full, CLASSIFY_OUTPUTS),
+            "classify's outputs, whole graph run": ort_run(full, CLASSIFY_OUTPUTS, ort.RunOptions()),
+            "every output (/explain)": ort_run(full, OUTPUTS)}
+    table: dict[str, dict[str, float]] = {}
+    for name, factory in runs.items():
+        table[name] = {}
+        for b in batches:
+            images = np.ascontiguousarray(np.resize(digits, (b, 1, 28, 28)))
+            table[name][str(b)] = round(b / time_it(factory(images), repeats), 1)
+    print(f"\nrouting outputs, {onnx_path.name} ({' '.join(f'b={b}' for b in batches)}; images/s, ratio to the first)")
+    first = next(iter(table.values()))
+    for name, row in table.items():
+        print(f"{name:>48} " + " ".join(f"{v:>9.0f} ({v / first[b]:.3f}x)" for b, v in row.items()))
+    cut.unlink()
+    return table
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m export.bench", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -160,6 +205,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help=f"batch sizes (default: {CPU_BATCHES} on CPU, {GPU_BATCHES} on CUDA)")
     p.add_argument("--repeats", type=int, default=5, help="timed samples per point (median reported)")
     p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: ORT's choice)")
+    p.add_argument("--routing", action=argparse.BooleanOptionalAction, default=True,
+                   help="on the CPU, also time the routing outputs' cost on the int8 graph (batch 1 and 64)")
     p.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="MNIST root folder")
     p.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for bench.json and bench.png")
     args = p.parse_args(argv)
@@ -188,13 +235,17 @@ def main(argv: list[str] | None = None) -> dict:
         if top in table and bottom in table and batch in batches:
             ratios[f"{top}/{bottom}@{batch}"] = ratio = round(table[top][batch] / table[bottom][batch], 3)
             print(f"{top} / {bottom} at batch {batch}: {ratio:.2f}x (target {target}x)")
+    routing = {}
+    if args.routing and args.device == "cpu" and variant_path(args.onnx, "int8").exists():
+        args.out.mkdir(parents=True, exist_ok=True)
+        routing = routing_cost(variant_path(args.onnx, "int8"), args.out, digits, [1, 64], args.repeats, args.threads)
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"},
         "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__, "python": platform.python_version()},
         "date": time.strftime("%Y-%m-%d"), "repeats": args.repeats, "threads": args.threads,
         "images_per_s": {name: {str(b): round(v, 1) for b, v in row.items()} for name, row in table.items()},
-        "ratio_to": base, "target_ratios": ratios,
+        "ratio_to": base, "target_ratios": ratios, "routing_outputs_int8_images_per_s": routing,
         "onnx_node_counts": {name: node_counts(path) for name, (path, _) in onnx_files.items() if path.exists()},
     }
     args.out.mkdir(parents=True, exist_ok=True)

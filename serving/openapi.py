@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from serving.limits import Receive, Scope, Send
-from serving.runtime import IMAGE_SIZE, MAX_BATCH
+from serving.runtime import IMAGE_SIZE, MAX_BATCH, MAX_EXPLAIN
 
 ROUTE = "/docs.json"
 PIXEL = {"type": "number", "minimum": 0, "maximum": 1}
@@ -25,13 +25,25 @@ IMAGES = {"description": f"N images of {IMAGE_SIZE}x{IMAGE_SIZE} (or all of 1x{I
                     {"type": "array", "minItems": 1, "maxItems": MAX_BATCH,
                      "items": {"type": "array", "minItems": 1, "maxItems": 1, "items": IMAGE}}]}
 IMAGES_BODY = {"type": "object", "required": ["images"], "properties": {"images": IMAGES}}
+EXPLAIN_BODY = {"type": "object", "required": ["images"], "properties": {"images": {
+    "description": IMAGES["description"].replace(f"N <= {MAX_BATCH}", f"N <= {MAX_EXPLAIN}"),
+    "anyOf": [{**schema, "maxItems": MAX_EXPLAIN} for schema in IMAGES["anyOf"]]}}}
 UPLOAD = {"type": "string", "format": "binary",
           "description": "PNG, JPEG, BMP, GIF or WebP, at most 10 MiB and 16,777,216 pixels"}
 LABEL = {"type": "integer", "minimum": 0, "maximum": 9}
 LENGTHS = {"type": "array", "minItems": 10, "maxItems": 10, "items": {"type": "number", "minimum": 0}}
+SHARE = {"type": "number", "minimum": 0, "maximum": 1}
+POSE = {"type": "array", "minItems": 16, "maxItems": 16, "items": {"type": "number"},
+        "description": "the winning digit capsule's 16 numbers (its length is the class score)"}
+ROUTING_MAP = {"type": "array", "minItems": 6, "maxItems": 6,
+               "items": {"type": "array", "minItems": 6, "maxItems": 6, "items": SHARE},
+               "description": "per position of the 6x6 primary-capsule grid: the mean over its 32 capsules of the share"
+                              " of each one's vote that the last routing iteration sent to the winner (0.1: no preference)"}
+ROUTING_TYPES = {"type": "array", "minItems": 32, "maxItems": 32, "items": SHARE,
+                 "description": "the same share per primary-capsule type, averaged over the 36 positions"}
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
 ERRORS = {"400": "malformed input; the error says what is wrong",
-          "413": "over a limit: more than 256 images, a body over 16 MiB, an upload over 10 MiB or 16,777,216 pixels",
+          "413": "over a limit: more than 256 images (16 for /explain), a body over 16 MiB, an upload over 10 MiB or 16,777,216 pixels",
           "429": "more than 128 requests in the service at once",
           "503": "the batcher's queue is full"}
 OCTETS = {"type": "string", "format": "binary",
@@ -61,6 +73,14 @@ def fix(document: dict[str, Any]) -> dict[str, Any]:
     reconstruct["requestBody"] = {"required": True, "content": json_content(IMAGES_BODY)}
     reconstruct["responses"] = answers({"type": "object", "required": ["labels", "reconstructions"], "properties": {
         "labels": {"type": "array", "items": LABEL}, "reconstructions": {"type": "array", "items": IMAGE}}})
+    explain = paths["/explain"]["post"]
+    explain["requestBody"] = {"required": True, "content": json_content(EXPLAIN_BODY)}
+    explain["responses"] = answers({"type": "object", "properties": {
+        "labels": {"type": "array", "items": LABEL}, "lengths": {"type": "array", "items": LENGTHS},
+        "poses": {"type": "array", "items": POSE}, "routing_maps": {"type": "array", "items": ROUTING_MAP},
+        "routing_types": {"type": "array", "items": ROUTING_TYPES},
+        "reconstructions": {"type": "array", "items": IMAGE}},
+        "required": ["labels", "lengths", "poses", "routing_maps", "routing_types", "reconstructions"]})
     upload = paths["/classify_image"]["post"]
     upload["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": ["image"], "properties": {"image": UPLOAD}}}}}

@@ -31,8 +31,12 @@ DEVICES = ("auto", "cpu", "cuda")
 VARIANTS = ("fp32", "int8", "fp16")
 PREFERRED_VARIANT = {"cpu": "int8", "cuda": "fp16"}
 MAX_BATCH = 256  # images per request
+MAX_EXPLAIN = 16  # images per /explain request
 IMAGE_SIZE = 28
-LENGTHS, RECONSTRUCTION = "lengths", "reconstruction"  # the outputs the service reads, checked at start-up
+# the outputs the service reads, checked at start-up
+LENGTHS, POSES, RECONSTRUCTION, ROUTING_MAP, ROUTING_TYPES = (
+    "lengths", "poses", "reconstruction", "routing_map", "routing_types")
+NEEDED_OUTPUTS = {LENGTHS, POSES, RECONSTRUCTION, ROUTING_MAP, ROUTING_TYPES}
 
 log = logging.getLogger("capsnet")
 
@@ -128,7 +132,7 @@ def check_graph(session: ort.InferenceSession, model_path: Path) -> str:
         found = [(i.name, i.type, i.shape) for i in inputs]
         raise ModelError(f"{model_path}: expected one float input of shape [N, 1, {IMAGE_SIZE}, {IMAGE_SIZE}],"
                          f" found {found}")
-    missing = {LENGTHS, RECONSTRUCTION} - outputs
+    missing = NEEDED_OUTPUTS - outputs
     if missing:
         raise ModelError(f"{model_path}: the graph has no output {', '.join(sorted(missing))}"
                          f" (outputs: {', '.join(sorted(outputs))}); was it made by `python -m export`?")
@@ -255,6 +259,25 @@ class Prediction:
         return {"labels": self.labels.tolist(), "lengths": self.lengths.tolist()}
 
 
+@dataclass(frozen=True)
+class Explanation:
+    """A prediction and what it rests on: the winning capsule's pose and its last routing."""
+
+    labels: np.ndarray  # (N,) int64
+    lengths: np.ndarray  # (N, 10)
+    poses: np.ndarray  # (N, 16): the winning capsule's
+    reconstructions: np.ndarray  # (N, 28, 28)
+    routing_maps: np.ndarray  # (N, 6, 6): share of each position's 32 primary capsules' votes that went to the winner
+    routing_types: np.ndarray  # (N, 32): the same share per capsule type, over the 36 positions
+
+    def answer(self, digits: int = 5) -> dict[str, list]:
+        """The /explain response body (values rounded to `digits` decimals)."""
+        return {"labels": self.labels.tolist(), "lengths": self.lengths.round(digits).tolist(),
+                "poses": self.poses.round(digits).tolist(), "routing_maps": self.routing_maps.round(digits).tolist(),
+                "routing_types": self.routing_types.round(digits).tolist(),
+                "reconstructions": self.reconstructions.round(digits).tolist()}
+
+
 class CapsNetRuntime:
     """The ONNX model behind one session, created once."""
 
@@ -268,6 +291,10 @@ class CapsNetRuntime:
                                                                       choice.warnings)
         self.input_name = check_graph(self.session, self.model_path)
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        decoder = read_metadata(fp32_path).get("decoder")  # the page's live pose sliders run this one in the browser
+        self.decoder_path = fp32_path.with_name(decoder) if decoder else None
+        self.fetched_only = ort.RunOptions()  # outputs not asked for (the routing summary) are not computed
+        self.fetched_only.only_execute_path_to_fetches = True
 
     @property
     def providers(self) -> list[str]:
@@ -275,8 +302,17 @@ class CapsNetRuntime:
 
     def predict(self, images: np.ndarray) -> Prediction:
         """images: float32 (N, 1, 28, 28), already validated."""
-        lengths, reconstruction = self.session.run([LENGTHS, RECONSTRUCTION], {self.input_name: images})
+        lengths, reconstruction = self.session.run([LENGTHS, RECONSTRUCTION], {self.input_name: images},
+                                                   self.fetched_only)
         return Prediction(lengths.argmax(1), lengths, reconstruction[:, 0])
+
+    def explain(self, images: np.ndarray) -> Explanation:
+        """images: float32 (N, 1, 28, 28), already validated."""
+        lengths, poses, reconstruction, routing_map, routing_types = self.session.run(
+            [LENGTHS, POSES, RECONSTRUCTION, ROUTING_MAP, ROUTING_TYPES], {self.input_name: images})
+        labels = lengths.argmax(1)
+        return Explanation(labels, lengths, poses[np.arange(len(labels)), labels], reconstruction[:, 0], routing_map,
+                           routing_types)
 
     def describe(self) -> dict[str, Any]:
         meta = self.metadata
@@ -293,5 +329,7 @@ class CapsNetRuntime:
             "device": self.device,
             "providers": self.providers,
             "max_batch": MAX_BATCH,
+            "max_explain": MAX_EXPLAIN,
+            "decoder_file": self.decoder_path.name if self.decoder_path else None,
             "warnings": self.warnings,
         }

@@ -19,7 +19,8 @@ from serving.batching import MAX_CONCURRENCY, MicroBatcher, Overloaded
 from serving.limits import RequestGate, error_response
 from serving.openapi import OpenAPIFix
 from serving.preprocess import preprocess
-from serving.runtime import CapsNetRuntime, DeviceError, InvalidInput, ModelError, Prediction, validate_images
+from serving.runtime import (MAX_EXPLAIN, CapsNetRuntime, DeviceError, InvalidInput, ModelError, Prediction,
+                             validate_images)
 
 STARTUP_ERRORS = (DeviceError, ModelError, FileNotFoundError, ValueError)
 # The images, typed for BentoML's clients (a tensor: `client.classify(images=np_array)` sends it as JSON)
@@ -78,6 +79,16 @@ class CapsNet:
         except (InvalidInput, Overloaded) as err:
             return error_response(err)
         return {"labels": p.labels.tolist(), "reconstructions": p.reconstructions.round(5).tolist()}
+
+    @bentoml.api
+    def explain(self, images: Images) -> dict:
+        """Same body as /classify, at most 16 images -> {"labels", "lengths", "poses": the winning capsule's 16 numbers,
+        "routing_maps": 6x6 shares of the primary capsules' votes that went to the winner, "routing_types": 32 shares,
+        "reconstructions"}. Runs the model once per request outside the batcher: it asks for outputs /classify skips."""
+        try:
+            return self.runtime.explain(validate_images(images, MAX_EXPLAIN)).answer()
+        except InvalidInput as err:
+            return error_response(err)
 
     @bentoml.api
     def metadata(self) -> dict:

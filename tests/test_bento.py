@@ -42,6 +42,7 @@ def test_built_bento_serves_from_a_virtualenv_without_torch(tmp_path, mnist_root
     files = {str(p.relative_to(bento / "src")) for p in (bento / "src").rglob("*") if p.is_file()}
     assert {"serving/service.py", "serving/runtime.py", "serving/static/index.html",
             "models/capsnet-mnist.onnx", "models/capsnet-mnist-int8.onnx", "models/capsnet-mnist-fp16.onnx",
+            "models/capsnet-mnist-decoder.onnx",
             "models/README.md"} <= files
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()
     assert "onnxruntime==1.31.1" in requirements and "onnxruntime-gpu" not in requirements  # the CPU Bento

@@ -33,6 +33,7 @@ def test_graph_is_self_contained_with_dynamic_batch_and_metadata(exported, tiny_
     assert [o.name for o in model.graph.output] == list(OUTPUTS)
     dims = [[d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output]
     assert dims[0][1:] == [10] and dims[1][1:] == [10, 16] and dims[2][1:] == [1, 28, 28]
+    assert dims[3][1:] == [6, 6] and dims[4][1:] == [32]
     assert isinstance(dims[0][0], str)  # symbolic batch axis
     meta = {p.key: p.value for p in model.metadata_props}
     info = json.loads((tiny_run / "checkpoint.json").read_text())
@@ -85,7 +86,7 @@ def test_export_removes_variants_it_did_not_make(tiny_run, tmp_path, mnist_root)
     run = run_export("--checkpoint", tiny_run / "checkpoint.safetensors", "--out", out, "--accuracy-digits", 200,
                      "--verify-digits", 200, "--data", mnist_root, "--variants")
     assert run.returncode == 0, run.stderr[-2000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["capsnet.onnx", "capsnet.verify.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["capsnet-decoder.onnx", "capsnet.onnx", "capsnet.verify.json"]
     assert json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["variants"]) == {}
 
 
@@ -117,7 +118,58 @@ def test_verification_report_meets_tolerances(exported):
         assert diffs["max_abs_diff_lengths"] <= 1e-4
         assert diffs["max_abs_diff_reconstruction"] <= 1e-3
         assert diffs["argmax_agreement"] == 1.0
+        assert diffs["max_abs_diff_routing_map"] <= 1e-4 and diffs["max_abs_diff_routing_types"] <= 1e-4
     assert report["onnx_reference"]["max_abs_diff_lengths"] <= 1e-4
+    assert report["onnx_reference"]["max_abs_diff_routing_map"] <= 1e-4
+    assert report["variants"]["fp16"]["against_torch"]["max_abs_diff_routing_map"] <= 1e-4
+    assert report["variants"]["int8"]["against_torch"]["max_abs_diff_routing_map"] <= 1e-2
+
+
+def test_the_routing_outputs_are_the_winners_coupling_coefficients(exported, tiny_run, mnist_root):
+    """Recomputed here from PyTorch's routing (DigitCaps.route), not from CapsNet.explain: the winner's row of the
+    last coupling coefficients, averaged over the 32 types (map) and the 36 positions (types), for fp32 and variants."""
+    import onnxruntime as ort
+
+    model, _ = load_weights(tiny_run / "checkpoint.safetensors")
+    x = load_split("test", mnist_root, 64)[0]
+    with torch.no_grad():
+        u = model.primary_caps(torch.relu(model.conv1(x)))
+        v, c = model.digit_caps.route(model.digit_caps.predictions(u))
+    winner = (v * v).sum(-1).argmax(1)
+    c_win = c[torch.arange(64), winner].view(64, 32, 6, 6).numpy()
+    for name, limit in (("fp32", 1e-4), ("fp16", 1e-4), ("int8", 1e-2)):
+        session = ort.InferenceSession(str(variant_path(exported, name)), providers=["CPUExecutionProvider"])
+        lengths, routing_map, types = session.run(["lengths", "routing_map", "routing_types"], {"image": x.numpy()})
+        same = lengths.argmax(1) == winner.numpy()
+        assert same.mean() >= 0.95
+        assert np.abs(routing_map[same] - c_win[same].mean(1)).max() <= limit
+        assert np.abs(types[same] - c_win[same].mean((2, 3))).max() <= limit
+
+
+def test_the_decoder_graph_redraws_a_digit_from_any_pose(exported, tiny_run, mnist_root):
+    """capsnet-decoder.onnx against the full model's own reconstruction (same pose), and against PyTorch's
+    decoder for poses moved by up to 0.25; its metadata names the weights, and the fp32 file names it."""
+    import onnxruntime as ort
+
+    decoder_path = variant_path(exported, "decoder")
+    meta = {p.key: p.value for p in onnx.load(str(exported)).metadata_props}
+    assert meta["decoder"] == "capsnet-decoder.onnx"
+    decoder_meta = {p.key: p.value for p in onnx.load(str(decoder_path)).metadata_props}
+    assert decoder_meta["variant"] == "decoder" and decoder_meta["source_sha256"] == meta["source_sha256"]
+    decoder = ort.InferenceSession(str(decoder_path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in decoder.get_inputs()] == ["pose", "label"]
+    full = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    x = load_split("test", mnist_root, 32)[0].numpy()
+    lengths, poses, recon = full.run(["lengths", "poses", "reconstruction"], {"image": x})
+    label = lengths.argmax(1)
+    pose = poses[np.arange(32), label]
+    assert np.abs(decoder.run(None, {"pose": pose, "label": label})[0] - recon).max() < 1e-4
+    moved = pose + np.linspace(-0.25, 0.25, 16, dtype=np.float32)
+    model, _ = load_weights(tiny_run / "checkpoint.safetensors")
+    with torch.no_grad():
+        want = model.decode(torch.from_numpy(moved), torch.from_numpy(label)).numpy()
+    got = decoder.run(None, {"pose": moved, "label": label})[0]
+    assert np.abs(got - want).max() < 1e-3 and np.abs(got - recon).max() > 1e-3  # a tiny model moves little
 
 
 def test_verification_fails_when_the_graph_differs_from_the_weights(tiny_run, tmp_path, mnist_root):
@@ -135,8 +187,10 @@ def test_onnx_runs_at_any_batch_size(exported):
 
     session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     for n in (1, 3, 300):
-        lengths, poses, recon = session.run(None, {"image": np.random.rand(n, 1, 28, 28).astype(np.float32)})
+        lengths, poses, recon, routing_map, types = session.run(
+            None, {"image": np.random.rand(n, 1, 28, 28).astype(np.float32)})
         assert lengths.shape == (n, 10) and poses.shape == (n, 10, 16) and recon.shape == (n, 1, 28, 28)
+        assert routing_map.shape == (n, 6, 6) and types.shape == (n, 32)
 
 
 def test_broadcast_routing_is_the_same_function(tiny_run, mnist_root):
@@ -167,7 +221,7 @@ def test_zero_capsules_give_zero_not_nan_after_export(tiny_run, tmp_path, mnist_
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = session.run(None, {"image": x.numpy()})
     with torch.no_grad():
-        want = model(x)
+        want = model.explain(x)
     for g, w in zip(got, want):
         assert np.isfinite(g).all()
         assert np.abs(g - w.numpy()).max() < 1e-4

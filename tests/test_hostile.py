@@ -105,6 +105,18 @@ CASES = [
     ("octets: NaN", "/classify", {"content": raw(float("nan")), "headers": OCTETS}, 400, "NaN"),
     ("octets: above 1", "/classify", {"content": raw(2.0), "headers": OCTETS}, 400, "[0, 1]"),
     ("octets: over the batch cap", "/classify", {"content": raw(0.5, 257), "headers": OCTETS}, 413, "at most 256"),
+    ("explain: invalid JSON", "/explain", {"content": b'{"images": [', "headers": JSON}, 400, "JSON"),
+    ("explain: missing field", "/explain", {"json": {}}, 400, "images"),
+    ("explain: empty batch", "/explain", {"json": {"images": []}}, 400, "empty"),
+    ("explain: 27 rows", "/explain", {"json": {"images": [[[0.1] * 28] * 27]}}, 400, "28x28"),
+    ("explain: strings", "/explain", {"json": {"images": [[["0.5"] * 28] * 28]}}, 400, "numbers"),
+    ("explain: NaN", "/explain", {"content": json.dumps({"images": [[[float("nan")] * 28] * 28]}), "headers": JSON},
+     400, "NaN"),
+    ("explain: above 1", "/explain", {"json": {"images": [[[1.5] * 28] * 28]}}, 400, "[0, 1]"),
+    ("explain: over its cap", "/explain", {"json": {"images": [GOOD] * 17}}, 413, "at most 16"),
+    ("explain: body over the limit", "/explain", {"content": b'{"images": [' + b" " * (17 * 1024 * 1024) + b"]}",
+                                                  "headers": JSON}, 413, "bytes"),
+    ("explain: raw float32", "/explain", {"content": raw(0.5), "headers": OCTETS}, 400, ""),
 ]
 
 

@@ -35,12 +35,17 @@ def test_docs_json_is_valid_openapi_3_and_documents_every_answer(service_url):
     validate(document)  # raises on anything that is not OpenAPI 3
     classify = document["paths"]["/classify"]["post"]
     assert set(classify["requestBody"]["content"]) == {"application/json", "application/octet-stream"}
-    for route in ("/classify", "/classify_image", "/reconstruct", "/metadata"):
+    for route in ("/classify", "/classify_image", "/reconstruct", "/explain", "/metadata"):
         answers = document["paths"][route]["post"]["responses"]
         assert {"200", "400", "413", "429", "503"} <= set(answers), route
         assert answers["400"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
     images = classify["requestBody"]["content"]["application/json"]["schema"]["properties"]["images"]
     assert [option["maxItems"] for option in images["anyOf"]] == [256, 256]
+    explain = document["paths"]["/explain"]["post"]
+    images = explain["requestBody"]["content"]["application/json"]["schema"]["properties"]["images"]
+    assert [option["maxItems"] for option in images["anyOf"]] == [16, 16]
+    answer = explain["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer["properties"]["routing_maps"]["items"]["maxItems"] == 6
 
 
 def test_schemathesis_with_all_checks_finds_nothing(service_url, tmp_path):
@@ -50,7 +55,7 @@ def test_schemathesis_with_all_checks_finds_nothing(service_url, tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-6000:]
     assert "No issues found" in run.stdout
-    assert "Tested: 8" in run.stdout  # the four APIs and BentoML's health and metrics routes
+    assert "Tested: 9" in run.stdout  # the five APIs and BentoML's health and metrics routes
 
 
 def test_bentoml_sync_client_drives_every_endpoint(service_url, digits):
@@ -64,6 +69,8 @@ def test_bentoml_sync_client_drives_every_endpoint(service_url, digits):
         assert rebuilt["labels"] == labels[:2].tolist() and np.array(rebuilt["reconstructions"]).shape == (2, 28, 28)
         assert client.classify_image(image=ROOT / "docs" / "examples" / "digit.png")["label"] == 1
         assert client.metadata()["model_file"].endswith(".onnx")
+        explained = client.explain(images=images[:2])
+        assert explained["labels"] == labels[:2].tolist() and np.array(explained["routing_maps"]).shape == (2, 6, 6)
         with pytest.raises(bentoml.exceptions.BentoMLException, match=r"pixel values must lie in \[0, 1\]"):
             client.classify(images=np.full((1, 28, 28), 1.5, dtype=np.float32))
 
@@ -79,7 +86,7 @@ def test_bentoml_async_client_classifies_a_numpy_array(service_url, digits):
 
 
 @pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="Debian's chromium is not installed")
-def test_the_swagger_page_lists_the_four_routes(service_url):
+def test_the_swagger_page_lists_the_five_routes(service_url):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -91,4 +98,4 @@ def test_the_swagger_page_lists_the_four_routes(service_url):
         page.wait_for_selector(".opblock-summary-path", timeout=30_000)
         paths = set(page.locator(".opblock-summary-path").all_inner_texts())
         browser.close()
-    assert {"/classify", "/classify_image", "/reconstruct", "/metadata"} <= {p.strip() for p in paths}
+    assert {"/classify", "/classify_image", "/reconstruct", "/explain", "/metadata"} <= {p.strip() for p in paths}

@@ -152,3 +152,31 @@ def test_the_readme_curl_examples_are_shipped_and_answer(service_url, mnist_root
                              capture_output=True, text=True, timeout=60)
         answers.append(json.loads(run.stdout))
     assert len(answers) == 2 and answers[0]["labels"] == [7] and answers[1]["label"] == 1
+
+
+def test_explain_gives_the_winners_pose_routing_and_reconstruction(service_url, digits, served_onnx):
+    """Real digits through HTTP: the same labels as /classify, the answer equals in-process ONNX Runtime's on the
+    served variant, and the routing maps are PyTorch's (published weights) within the int8 tolerance."""
+    import torch
+
+    from training.checkpoint import load_weights
+
+    images, _, expected = digits
+    r = post(service_url, "/explain", {"images": images[:16].tolist()})
+    assert r.status_code == 200, r.text[:300]
+    body = r.json()
+    assert body["labels"] == expected[:16].tolist()
+    assert np.array(body["poses"]).shape == (16, 16) and np.array(body["routing_types"]).shape == (16, 32)
+    maps = np.array(body["routing_maps"])
+    assert maps.shape == (16, 6, 6) and np.all((maps > 0) & (maps < 1))
+    assert np.array(body["reconstructions"]).shape == (16, 28, 28)
+    variant = httpx.post(service_url + "/metadata", timeout=30).json()["variant"]
+    here = CapsNetRuntime(served_onnx, device="cpu", variant=variant).explain(images[:16, None])
+    assert np.abs(maps - here.routing_maps).max() < 1e-4 and np.abs(np.array(body["poses"]) - here.poses).max() < 1e-4
+    # the pose's length is the class score
+    assert np.allclose(np.linalg.norm(body["poses"], axis=1), np.array(body["lengths"]).max(1), atol=1e-3)
+    if PUBLISHED.exists():
+        model, _ = load_weights(PUBLISHED)
+        with torch.no_grad():
+            routing_map = model.explain(torch.from_numpy(images[:16, None]))[3].numpy()
+        assert np.abs(maps - routing_map).max() < 1e-2

@@ -4,6 +4,8 @@
   perturb          each of the 16 dimensions of the winning capsule moved over [-0.25, 0.25] (Figure 4)
   routing          test accuracy with 1, 2, 3 and 5 routing iterations, same weights
   affine           accuracy on a seeded affine-distorted test set, CapsNet against the CNN baseline
+  occlusion        does the routing map mean something? The primary capsules of the 6x6 cells it ranks highest,
+                   lowest, or at random are silenced, and the winning capsule's length drop is measured
 
 Each writes <name>.png and <name>.json into --out.
 """
@@ -25,13 +27,15 @@ import torch.nn.functional as F  # noqa: E402
 
 from training.checkpoint import load_weights, write_json  # noqa: E402
 from training.data import DEFAULT_ROOT, load_split  # noqa: E402
-from training.model import CapsNet  # noqa: E402
+from training.model import CapsNet, capsule_lengths  # noqa: E402
 from training.train import accuracy  # noqa: E402
 
 PERTURB_STEPS = [round(-0.25 + 0.05 * k, 2) for k in range(11)]  # -0.25 ... 0.25
 ROUTING_ITERS = (1, 2, 3, 5)
 # The affine test set: every test digit under its own random transform, seeded.
 AFFINE = {"seed": 0, "rotation_deg": 20.0, "scale": (0.8, 1.2), "shear_deg": 15.0, "shift_px": 3.0}
+OCCLUDED_CELLS = (1, 3, 6, 9)  # of the 36 cells of the primary-capsule grid
+OCCLUSION = {"digits": 1000, "random_draws": 5, "seed": 0}
 
 
 def _save(fig, out: Path, name: str, data: dict) -> None:
@@ -158,7 +162,55 @@ def affine(model: CapsNet, baseline: torch.nn.Module, x: torch.Tensor, y: torch.
     return data
 
 
-EXPERIMENTS = ("reconstructions", "perturb", "routing", "affine")
+@torch.no_grad()
+def winner_after_silencing(model: CapsNet, u: torch.Tensor, cells: torch.Tensor, winner: torch.Tensor) -> torch.Tensor:
+    """The winner's length once the primary capsules (all 32 types) of `cells` (B, k), indices y * 6 + x into the
+    6x6 grid, are set to zero and routing runs again: (B,)."""
+    grid = model.cfg.primary_grid**2
+    keep = torch.ones(u.shape[0], grid).scatter_(1, cells, 0.0)  # (B, 36)
+    u = u * keep.repeat(1, model.cfg.primary_types).unsqueeze(-1)  # capsule i = 36t + cell
+    v = model.digit_caps(u)
+    return capsule_lengths(v)[torch.arange(len(winner)), winner]
+
+
+@torch.no_grad()
+def occlusion(model: CapsNet, x: torch.Tensor, y: torch.Tensor, out: Path) -> dict:
+    """Silence the k cells the routing map ranks highest, lowest, or k random cells; the winner's length drop."""
+    x = x[:OCCLUSION["digits"]]
+    parts = [(model.primary_caps(F.relu(model.conv1(b))), *model.explain(b)) for b in x.split(250)]
+    u = torch.cat([p[0] for p in parts])
+    lengths, routing_map = torch.cat([p[1] for p in parts]), torch.cat([p[4] for p in parts])
+    winner = lengths.argmax(1)
+    before = lengths[torch.arange(len(x)), winner]
+    order = routing_map.flatten(1).argsort(1, descending=True)  # (B, 36), highest share first
+    generator = torch.Generator().manual_seed(OCCLUSION["seed"])
+    drops: dict[str, dict[str, float]] = {"highest": {}, "lowest": {}, "random": {}}
+    for k in OCCLUDED_CELLS:
+        rankings = {"highest": [order[:, :k]], "lowest": [order[:, -k:]],
+                    "random": [torch.rand(len(x), 36, generator=generator).argsort(1)[:, :k]
+                               for _ in range(OCCLUSION["random_draws"])]}
+        for name, draws in rankings.items():
+            drop = torch.stack([before - winner_after_silencing(model, u, cells, winner) for cells in draws])
+            drops[name][str(k)] = round(drop.mean().item(), 4)
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for name, style in (("highest", "o-"), ("random", "s--"), ("lowest", "v:")):
+        ax.plot(OCCLUDED_CELLS, [drops[name][str(k)] for k in OCCLUDED_CELLS], style, label=f"{name} share first")
+    ax.set_xlabel("cells of the 6x6 primary-capsule grid silenced (all 32 types)")
+    ax.set_ylabel("mean drop of the winner's length")
+    ax.set_title(f"Silencing cells by the routing map, {len(x):,} test digits", fontsize=9)
+    ax.legend(fontsize=8)
+    data = {"test_digits": len(x), "mean_winner_length": round(before.mean().item(), 4),
+            "cells_silenced": list(OCCLUDED_CELLS), "mean_length_drop": drops, "random_draws": OCCLUSION["random_draws"],
+            "seed": OCCLUSION["seed"],
+            "highest_beats_random_at_every_k": all(drops["highest"][str(k)] > drops["random"][str(k)]
+                                                   for k in OCCLUDED_CELLS),
+            "lowest_below_random_at_every_k": all(drops["lowest"][str(k)] < drops["random"][str(k)]
+                                                  for k in OCCLUDED_CELLS)}
+    _save(fig, out, "occlusion", data)
+    return data
+
+
+EXPERIMENTS = ("reconstructions", "perturb", "routing", "affine", "occlusion")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -184,10 +236,11 @@ def main(argv: list[str] | None = None) -> dict:
             baseline, _ = load_weights(args.baseline)
             results[name] = affine(model, baseline, x, y, args.out)
         else:
-            results[name] = {"reconstructions": reconstructions, "perturb": perturb, "routing": routing}[name](
+            results[name] = {"reconstructions": reconstructions, "perturb": perturb, "routing": routing,
+                             "occlusion": occlusion}[name](
                 model, x, y, args.out)
         print(f"{name}: wrote {args.out / (name + '.png')}", file=sys.stderr)
-    print(json.dumps({k: v for k, v in results.items() if k in ("routing", "affine")}, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if k in ("routing", "affine", "occlusion")}, indent=2))
     return results
 
 
