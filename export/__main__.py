@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, diffs in {**report["onnxruntime"], "onnx_reference": report["onnx_reference"]}.items():
         print(f"{name:>14}: " + "  ".join(f"{k}={v:.3g}" for k, v in diffs.items()))
     print(f"test accuracy through ONNX Runtime: {report['test_accuracy_ort']:.4%} on {report['test_digits']:,} digits")
+    best = {"fp32": report["metadata"]["cpu_best_batch"],
+            **{name: v["cpu_best_batch"] for name, v in report["variants"].items()}}
+    print("fastest batch size on this CPU (the service's cap on merged batches): "
+          + ", ".join(f"{name} {batch}" for name, batch in best.items()))
     print(f"decoder: max |d reconstruction| {report['decoder']['max_abs_diff_winner_poses']:.3g} on the winners' poses,"
           f" {report['decoder']['max_abs_diff_moved_poses']:.3g} on poses moved by up to 0.25 -> {report['decoder']['onnx']}")
     for name, v in report["variants"].items():

@@ -19,6 +19,7 @@ import onnxruntime as ort
 INPUT = "image"  # float32 (N, 1, 28, 28) in [0, 1]
 OUTPUTS = ("lengths", "poses", "reconstruction",  # (N, 10), (N, 10, 16), (N, 1, 28, 28)
            "routing_map", "routing_types")  # (N, 6, 6), (N, 32): the winner's last coupling coefficients
+CLASSIFY_OUTPUTS = ("lengths", "reconstruction")  # what the service's /classify fetches
 VARIANTS = ("fp32", "int8", "fp16")  # fp32 is the exported graph itself
 DECODER = "decoder"  # capsnet-decoder.onnx beside the fp32 file: pose (N, 16) + label (N,) -> (N, 1, 28, 28)
 DECODER_INPUTS, DECODER_OUTPUT = ("pose", "label"), "reconstruction"

@@ -7,8 +7,8 @@ fp16 with IO binding (input and output stay on the GPU), the broadcast graph. Pr
 ratios to PyTorch eager and the targets' ratios, and writes runs/bench/bench.json and bench.png.
 
 Then, on the CPU, what the routing outputs cost (--routing): the served variant's graph cut down to
-/classify's outputs against the full graph asked for the same outputs (with and without ONNX Runtime's
-only_execute_path_to_fetches, which the service sets) and asked for everything, as /explain does.
+/classify's outputs against the full graph asked for the same outputs (as the service does, and with ONNX
+Runtime's only_execute_path_to_fetches, which skips the routing summary) and asked for everything, as /explain does.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import onnxruntime as ort
 import torch
 
 from export.broadcast import export_broadcast
-from export.artifact import INPUT, OUTPUTS, variant_path
+from export.artifact import CLASSIFY_OUTPUTS, INPUT, OUTPUTS, variant_path
 from training.checkpoint import load_weights
 from mnist import DEFAULT_ROOT, read_split
 
@@ -65,19 +65,15 @@ def node_counts(path: Path) -> dict[str, int]:
 
 
 def fetched_only() -> ort.RunOptions:
-    """Run options under which ONNX Runtime computes only what the asked outputs need (as the service runs)."""
+    """Run options under which ONNX Runtime computes only what the asked outputs need."""
     options = ort.RunOptions()
     options.only_execute_path_to_fetches = True
     return options
 
 
-CLASSIFY_OUTPUTS = ("lengths", "reconstruction")  # what /classify asks the model for, what PyTorch's forward computes
-
-
 def ort_run(session: ort.InferenceSession, outputs: tuple[str, ...] = CLASSIFY_OUTPUTS,
             options: ort.RunOptions | None = None) -> Callable:
     """factory(batch) -> one plain session.run of that batch (numpy in, numpy out): by default /classify's run."""
-    options = options or fetched_only()
     return lambda images: lambda: session.run(list(outputs), {INPUT: images}, options)
 
 
@@ -164,7 +160,10 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def routing_cost(onnx_path: Path, out: Path, digits: np.ndarray, batches: list[int], repeats: int, threads: int
+ROUTING_ROUNDS = 40  # samples per run and batch size, each of 0.05 s or more
+
+
+def routing_cost(onnx_path: Path, out: Path, digits: np.ndarray, batches: list[int], threads: int
                  ) -> dict[str, dict[str, float]]:
     """Images/s of /classify's and /explain's runs on one graph, against the graph without the routing outputs."""
     import onnx.utils
@@ -176,16 +175,21 @@ def routing_cost(onnx_path: Path, out: Path, digits: np.ndarray, batches: list[i
     full, classify_only = (ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
                            for path in (onnx_path, cut))
     runs = {"graph without routing outputs": ort_run(classify_only, CLASSIFY_OUTPUTS),
-            "classify's outputs, fetched only (the service)": ort_run(full, CLASSIFY_OUTPUTS),
-            "classify's outputs, whole graph run": ort_run(full, CLASSIFY_OUTPUTS, ort.RunOptions()),
+            "classify's outputs, fetched only": ort_run(full, CLASSIFY_OUTPUTS, fetched_only()),
+            "classify's outputs, whole graph run (the service)": ort_run(full, CLASSIFY_OUTPUTS),
             "every output (/explain)": ort_run(full, OUTPUTS)}
-    table: dict[str, dict[str, float]] = {}
-    for name, factory in runs.items():
-        table[name] = {}
-        for b in batches:
-            images = np.ascontiguousarray(np.resize(digits, (b, 1, 28, 28)))
-            table[name][str(b)] = round(b / time_it(factory(images), repeats), 1)
-    print(f"\nrouting outputs, {onnx_path.name} ({' '.join(f'b={b}' for b in batches)}; images/s, ratio to the first)")
+    table: dict[str, dict[str, float]] = {name: {} for name in runs}
+    for b in batches:  # the four interleaved, round after round, so that a drift of the machine hits all alike
+        images = np.ascontiguousarray(np.resize(digits, (b, 1, 28, 28)))
+        calls = {name: factory(images) for name, factory in runs.items()}
+        samples: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(ROUTING_ROUNDS):
+            for name, call in calls.items():
+                samples[name].append(time_it(call, 1, min_seconds=0.05))
+        for name in runs:
+            table[name][str(b)] = round(b / statistics.median(samples[name]), 1)
+    print(f"\nrouting outputs, {onnx_path.name} ({' '.join(f'b={b}' for b in batches)}; images/s, median of"
+          f" {ROUTING_ROUNDS} interleaved samples; ratio to the first)")
     first = next(iter(table.values()))
     for name, row in table.items():
         print(f"{name:>48} " + " ".join(f"{v:>9.0f} ({v / first[b]:.3f}x)" for b, v in row.items()))
@@ -238,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
     routing = {}
     if args.routing and args.device == "cpu" and variant_path(args.onnx, "int8").exists():
         args.out.mkdir(parents=True, exist_ok=True)
-        routing = routing_cost(variant_path(args.onnx, "int8"), args.out, digits, [1, 64], args.repeats, args.threads)
+        routing = routing_cost(variant_path(args.onnx, "int8"), args.out, digits, [1, 64], args.threads)
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"},

@@ -27,6 +27,7 @@ from torch import nn
 
 from export.artifact import (DECODER, DECODER_INPUTS, DECODER_OUTPUT, INPUT, OUTPUTS, VARIANTS, cpu_session,
                              ort_accuracy, ort_outputs, set_metadata, variant_path)
+from export.batchsize import BATCHES, best_batch_metadata
 from export.variants import CALIBRATION_DIGITS, build_variants
 from training.checkpoint import load_weights, write_json
 from mnist import DEFAULT_ROOT, read_split
@@ -206,6 +207,7 @@ def export_and_verify(checkpoint: Path | str, out: Path | str, opset: int = DEFA
             "test_accuracy_ort": f"{accuracy:.4f}",
             "test_digits": str(len(images)),
             "variant": "fp32",
+            **best_batch_metadata(staged, images[:max(BATCHES)]),
         }
         set_metadata(staged, metadata)
         calibration = read_split("train", data_root, CALIBRATION_DIGITS)[0][:, None] if variants else None
@@ -220,7 +222,8 @@ def export_and_verify(checkpoint: Path | str, out: Path | str, opset: int = DEFA
         # the fp32 file names its variants and its decoder: the service finds them through this, not through our code
         set_metadata(staged, {**metadata, "variants": {name: variant_path(out, name).name for name in built},
                               DECODER: variant_path(out, DECODER).name})
-        set_metadata(staged_decoder, {**metadata, "variant": DECODER})
+        set_metadata(staged_decoder, {**{k: v for k, v in metadata.items() if not k.startswith("cpu_")},
+                                      "variant": DECODER})
         report["decoder"]["onnx"] = str(variant_path(out, DECODER))
         for name, variant in built.items():
             variant["onnx"] = str(variant_path(out, name))

@@ -26,6 +26,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from export.artifact import INPUT, cpu_session, ort_accuracy, set_metadata, variant_path
+from export.batchsize import BATCHES, best_batch_metadata
 
 ACCURACY_BAR_POINTS = {"int8": 0.1, "fp16": 0.05}  # largest accepted test-accuracy loss against fp32
 CALIBRATION_DIGITS = 1000
@@ -83,13 +84,15 @@ def build_variants(fp32_path: Path | str, variants: list[str], calibration: np.n
             raise ValueError(f"unknown variant {name!r}: expected one of {', '.join(ACCURACY_BAR_POINTS)}")
         session = cpu_session(out)
         accuracy = ort_accuracy(session, images, labels)
+        speed = best_batch_metadata(out, images[:max(BATCHES)])
         loss = round(100 * (fp32_accuracy - accuracy), 4)
         report = {"onnx": str(out), "test_accuracy_ort": accuracy, "test_digits": len(images),
                   "accuracy_loss_points": loss, "accuracy_bar_points": ACCURACY_BAR_POINTS[name],
-                  "meets_accuracy_bar": loss <= ACCURACY_BAR_POINTS[name]}
+                  "meets_accuracy_bar": loss <= ACCURACY_BAR_POINTS[name],
+                  "cpu_best_batch": int(speed["cpu_best_batch"]), "cpu_images_per_s": speed["cpu_images_per_s"]}
         set_metadata(out, {**fp32_metadata, "variant": name, "test_accuracy_ort": f"{accuracy:.4f}",
                            "accuracy_loss_points": str(loss), "accuracy_bar_points": str(report["accuracy_bar_points"]),
-                           "meets_accuracy_bar": str(report["meets_accuracy_bar"]).lower()})
+                           "meets_accuracy_bar": str(report["meets_accuracy_bar"]).lower(), **speed})
         report["seconds"] = round(time.time() - started, 1)
         reports[name] = report
     return reports

@@ -1,8 +1,9 @@
 """Adaptive batching inside the service process: concurrent requests share one ONNX Runtime run.
 
 One worker thread owns the session's runs. It takes the oldest waiting request, adds every other
-request already waiting (up to max_batch images), runs them as one batch and hands each request its
-rows. Nothing waits on a timer: at low load a request runs alone at once; under load, requests pile
+request already waiting while the batch stays within max_batch images (the size the model runs fastest
+at: the runtime's merge_cap; a larger single request runs alone), runs them as one batch and hands
+each request its rows. Nothing waits on a timer: at low load a request runs alone at once; under load, requests pile
 up while a batch runs and form the next one.
 
 Overload over HTTP is BentoML's: past MAX_CONCURRENCY requests in the service it answers 429 at once.
@@ -37,7 +38,7 @@ class MicroBatcher:
         threading.Thread(target=self._loop, name="capsnet-batcher", daemon=True).start()
 
     def predict(self, images: np.ndarray, timeout: float = 30.0) -> Prediction:
-        """images: validated float32 (N, 1, 28, 28) with N <= max_batch."""
+        """images: validated float32 (N, 1, 28, 28); N may exceed max_batch (it then runs alone)."""
         done: Future = Future()
         try:
             self.waiting.put_nowait((images, done))

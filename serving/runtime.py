@@ -10,7 +10,10 @@ the files that the fp32 graph's `variants` metadata names. Environment:
                      the log and /metadata; cuda never falls back: it stops the service)
     CAPSNET_VARIANT  auto | fp32 | int8 | fp16      (default auto: int8 on the CPU, fp16 on CUDA, each only
                      if it was made from the same weights as the fp32 file and met its accuracy bar, else fp32)
-    CAPSNET_THREADS  ORT intra-op threads, 0 = ORT's choice (default 0)
+    CAPSNET_WORKERS  service worker processes, each with its own session and batcher (default: one per two
+                     usable cores, at least 1)
+    CAPSNET_THREADS  ORT intra-op threads per worker, 0 = ORT's choice (default: the usable cores divided among
+                     the workers; 0 with one worker)
 """
 
 from __future__ import annotations
@@ -68,6 +71,35 @@ def _gpu_present() -> bool:
 def require_file(model_path: Path) -> None:
     if not model_path.exists():
         raise FileNotFoundError(f"{model_path}: no ONNX model here (run `make export`, or set CAPSNET_MODEL)")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (taskset and cgroup cpusets included)."""
+    return len(os.sched_getaffinity(0))
+
+
+def _positive(name: str, raw: str) -> int:
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{name}={raw!r}: expected a whole number of 1 or more")
+    return int(raw)
+
+
+def workers_from_env() -> int:
+    """CAPSNET_WORKERS, else one worker per two usable cores (at least one)."""
+    raw = _env("CAPSNET_WORKERS", "")
+    return _positive("CAPSNET_WORKERS", raw) if raw else max(1, usable_cores() // 2)
+
+
+def threads_from_env() -> int:
+    """CAPSNET_THREADS, else the usable cores divided among the workers, so that they do not oversubscribe the
+    cores (0, ONNX Runtime's own choice, with one worker)."""
+    raw = _env("CAPSNET_THREADS", "")
+    if raw:
+        if raw == "0":
+            return 0
+        return _positive("CAPSNET_THREADS", raw)
+    workers = workers_from_env()
+    return 0 if workers == 1 else max(1, usable_cores() // workers)
 
 
 def model_from_env() -> Path:
@@ -285,16 +317,18 @@ class CapsNetRuntime:
                  variant: str | None = None):
         fp32_path = Path(model_path) if model_path else model_from_env()
         self.device = device or _env("CAPSNET_DEVICE", "auto")
-        threads = int(_env("CAPSNET_THREADS", "0")) if threads is None else threads
-        choice = open_variant(fp32_path, variant or _env("CAPSNET_VARIANT", "auto"), self.device, threads)
+        self.threads = threads_from_env() if threads is None else threads
+        choice = open_variant(fp32_path, variant or _env("CAPSNET_VARIANT", "auto"), self.device, self.threads)
         self.variant, self.model_path, self.session, self.warnings = (choice.variant, choice.path, choice.session,
                                                                       choice.warnings)
         self.input_name = check_graph(self.session, self.model_path)
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        # merged batches stop at the size the served file ran fastest at on the CPU when exported (a request
+        # may still bring up to MAX_BATCH images); on CUDA, not measured: MAX_BATCH
+        measured = self.metadata.get("cpu_best_batch")
+        self.merge_cap = int(measured) if measured and not on_cuda(self.session) else MAX_BATCH
         decoder = read_metadata(fp32_path).get("decoder")  # the page's live pose sliders run this one in the browser
         self.decoder_path = fp32_path.with_name(decoder) if decoder else None
-        self.fetched_only = ort.RunOptions()  # outputs not asked for (the routing summary) are not computed
-        self.fetched_only.only_execute_path_to_fetches = True
 
     @property
     def providers(self) -> list[str]:
@@ -302,8 +336,9 @@ class CapsNetRuntime:
 
     def predict(self, images: np.ndarray) -> Prediction:
         """images: float32 (N, 1, 28, 28), already validated."""
-        lengths, reconstruction = self.session.run([LENGTHS, RECONSTRUCTION], {self.input_name: images},
-                                                   self.fetched_only)
+        # the graph also computes the routing summary, which costs nothing measurable (BENCHMARKS.md, "The routing
+        # outputs"); ONNX Runtime's only_execute_path_to_fetches, which would skip it, measured no faster
+        lengths, reconstruction = self.session.run([LENGTHS, RECONSTRUCTION], {self.input_name: images})
         return Prediction(lengths.argmax(1), lengths, reconstruction[:, 0])
 
     def explain(self, images: np.ndarray) -> Explanation:
@@ -329,6 +364,9 @@ class CapsNetRuntime:
             "device": self.device,
             "providers": self.providers,
             "max_batch": MAX_BATCH,
+            "merge_cap": self.merge_cap,
+            "workers": workers_from_env(),
+            "threads_per_worker": self.threads,
             "max_explain": MAX_EXPLAIN,
             "decoder_file": self.decoder_path.name if self.decoder_path else None,
             "warnings": self.warnings,

@@ -1,7 +1,7 @@
 """BentoML service over serving/runtime.py: `bentoml serve serving.service:CapsNet`.
 
-One process holds the ONNX Runtime session, created once, and a MicroBatcher that merges
-concurrent requests into one run (serving/batching.py). The APIs are sync `def`s: BentoML runs
+Each worker process (CAPSNET_WORKERS, serving/runtime.py) holds an ONNX Runtime session, created
+once, and a MicroBatcher that merges concurrent requests into one run (serving/batching.py). The APIs are sync `def`s: BentoML runs
 them in its thread pool while the batcher's thread runs the model.
 """
 
@@ -20,7 +20,7 @@ from serving.limits import RequestGate, error_response
 from serving.openapi import OpenAPIFix
 from serving.preprocess import preprocess
 from serving.runtime import (MAX_EXPLAIN, CapsNetRuntime, DeviceError, InvalidInput, ModelError, Prediction,
-                             validate_images)
+                             validate_images, workers_from_env)
 
 STARTUP_ERRORS = (DeviceError, ModelError, FileNotFoundError, ValueError)
 # The images, typed for BentoML's clients (a tensor: `client.classify(images=np_array)` sends it as JSON)
@@ -29,7 +29,8 @@ STARTUP_ERRORS = (DeviceError, ModelError, FileNotFoundError, ValueError)
 Images = t.Annotated[t.Any, WithJsonSchema({"type": "tensor", "format": "json", "dtype": "float32"})]
 
 
-@bentoml.service(name="capsnet", workers=1, traffic={"timeout": 30, "max_concurrency": MAX_CONCURRENCY})
+@bentoml.service(name="capsnet", workers=workers_from_env(),
+                  traffic={"timeout": 30, "max_concurrency": MAX_CONCURRENCY})
 @bentoml.asgi_app(ui.app, path="/ui")
 class CapsNet:
     @bentoml.on_deployment
@@ -45,7 +46,7 @@ class CapsNet:
 
     def __init__(self) -> None:
         self.runtime = CapsNetRuntime()
-        self.batcher = MicroBatcher(self.runtime)
+        self.batcher = MicroBatcher(self.runtime, self.runtime.merge_cap)
 
     def _predict(self, images: Images) -> Prediction:
         return self.batcher.predict(validate_images(images))

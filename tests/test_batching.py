@@ -51,3 +51,41 @@ def test_a_full_queue_refuses_at_once(runtime):
         list(pool.map(send, range(8)))
     assert "overloaded" in outcomes and "ok" in outcomes
     assert batcher.predict(big[:1]).labels.shape == (1,)  # and it recovers
+
+
+def test_a_request_larger_than_the_cap_runs_alone_and_is_not_merged(runtime, mnist_root):
+    x = load_split("test", mnist_root, 40)[0].numpy()
+    batcher = MicroBatcher(runtime, max_batch=8)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(batcher.predict, [x[:20], x[20:22], x[22:24], x[24:40]]))
+    assert [len(a.labels) for a in answers] == [20, 2, 2, 16]
+    assert sorted(batcher.batch_sizes)[-2:] == [16, 20]  # the large ones ran alone
+    assert all(size <= 8 for size in batcher.batch_sizes if size not in (16, 20))
+
+
+def test_the_merge_cap_is_the_served_files_measured_best_batch(runtime):
+    """Export times each file at batch 1 to 256 on the CPU and stores the fastest: the service merges up to it."""
+    import json
+
+    rates = json.loads(runtime.metadata["cpu_images_per_s"])
+    assert set(rates) == {"1", "2", "4", "8", "16", "32", "64", "128", "256"} and min(rates.values()) > 0
+    assert runtime.merge_cap == int(runtime.metadata["cpu_best_batch"]) == int(max(rates, key=rates.get))
+
+
+def test_workers_and_threads_come_from_the_environment(monkeypatch):
+    from serving.runtime import threads_from_env, usable_cores, workers_from_env
+
+    monkeypatch.delenv("CAPSNET_WORKERS", raising=False)
+    monkeypatch.delenv("CAPSNET_THREADS", raising=False)
+    assert workers_from_env() == max(1, usable_cores() // 2)
+    monkeypatch.setenv("CAPSNET_WORKERS", "2")
+    assert workers_from_env() == 2 and threads_from_env() == max(1, usable_cores() // 2)
+    monkeypatch.setenv("CAPSNET_THREADS", "3")
+    assert threads_from_env() == 3
+    monkeypatch.setenv("CAPSNET_WORKERS", "1")
+    monkeypatch.delenv("CAPSNET_THREADS")
+    assert threads_from_env() == 0  # one worker: ONNX Runtime's own choice
+    for bad in ("0", "-1", "two"):
+        monkeypatch.setenv("CAPSNET_WORKERS", bad)
+        with pytest.raises(ValueError, match="CAPSNET_WORKERS"):
+            workers_from_env()

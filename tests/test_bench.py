@@ -18,8 +18,8 @@ def test_bench_times_every_engine_and_writes_json_and_plot(served_onnx, tiny_run
     assert (tmp_path / "bench.png").stat().st_size > 5000
     assert set(saved["target_ratios"]) == set()  # batch 64 was not timed: no target ratio to report
     routing = saved["routing_outputs_int8_images_per_s"]
-    assert list(routing) == ["graph without routing outputs", "classify's outputs, fetched only (the service)",
-                             "classify's outputs, whole graph run", "every output (/explain)"]
+    assert list(routing) == ["graph without routing outputs", "classify's outputs, fetched only",
+                             "classify's outputs, whole graph run (the service)", "every output (/explain)"]
     assert all(set(row) == {"1", "64"} and min(row.values()) > 0 for row in routing.values())
     assert sorted(p.name for p in tmp_path.glob("*.onnx")) == ["capsnet-broadcast.onnx"]  # the cut graph is removed
 

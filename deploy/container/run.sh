@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run an image that build.sh made, with the same settings as `make serve`: deploy/container/run.sh [cpu|gpu]
 #
-# Environment: HOST (127.0.0.1), PORT (3000), CAPSNET_DEVICE, CAPSNET_VARIANT, CAPSNET_THREADS, IMAGE
+# Environment: HOST (127.0.0.1), PORT (3000), CAPSNET_DEVICE, CAPSNET_VARIANT, CAPSNET_WORKERS, CAPSNET_THREADS, IMAGE
 # (default capsnet:cpu or capsnet:gpu). With `docker run` where an engine answers (the GPU image gets
 # --gpus all), else `buildah run --isolation chroot`, which shares this machine's network, so the service
 # listens on HOST:PORT itself. Ctrl-C (or SIGTERM) stops the service gracefully and removes the container.
@@ -15,7 +15,7 @@ HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-3000}
 BENTO_PATH=/home/bentoml/bento
 envs=()
-for name in CAPSNET_DEVICE CAPSNET_VARIANT CAPSNET_THREADS; do
+for name in CAPSNET_DEVICE CAPSNET_VARIANT CAPSNET_WORKERS CAPSNET_THREADS; do
     if [ -n "${!name:-}" ]; then envs+=(--env "$name=${!name}"); fi
 done
 

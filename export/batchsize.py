@@ -1,0 +1,41 @@
+"""The batch size at which a graph runs fastest on this machine's CPU, measured at export.
+
+ONNX Runtime's images/s on the CPU rise with the batch size and then fall (the working set outgrows the
+caches): the service caps the batches it merges from concurrent requests at the best size, read from
+the served file's metadata (`cpu_best_batch`), so that merging never makes the model slower per image.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.artifact import CLASSIFY_OUTPUTS, INPUT, cpu_session
+
+BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+SECONDS_PER_BATCH = 0.3
+
+
+def images_per_s(onnx_path: Path | str, images: np.ndarray, batches: tuple[int, ...] = BATCHES,
+                 seconds: float = SECONDS_PER_BATCH) -> dict[int, float]:
+    """Images/s of /classify's run (lengths and reconstruction) at each batch size, ONNX Runtime's default threads."""
+    session = cpu_session(onnx_path)
+    rates = {}
+    for batch in batches:
+        x = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
+        session.run(list(CLASSIFY_OUTPUTS), {INPUT: x})  # warm-up
+        done, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            session.run(list(CLASSIFY_OUTPUTS), {INPUT: x})
+            done += batch
+        rates[batch] = round(done / elapsed, 1)
+    return rates
+
+
+def best_batch_metadata(onnx_path: Path | str, images: np.ndarray) -> dict[str, Any]:
+    """The metadata entries: cpu_best_batch, and cpu_images_per_s (batch -> images/s; stored as JSON)."""
+    rates = images_per_s(onnx_path, images)
+    return {"cpu_best_batch": str(max(rates, key=rates.get)), "cpu_images_per_s": {str(b): r for b, r in rates.items()}}
