@@ -6,6 +6,15 @@ reports req/s, images/s, that rate as a share of in-process ONNX Runtime on the 
 batch size, the server's CPU time per request (its processes' CPU counters), and p50/p99 latency; first
 for the service (`bentoml serve`, int8), then, in the same run, for the hand-written baseline
 (loadtest/reference.py). Writes pinned.json and pinned.md under --out and prints the table.
+
+--workers N runs the service with CAPSNET_WORKERS=N (ONNX Runtime's threads divided among them);
+with --share-cores the server and wrk may share cores (all of a small machine's cores for the
+workers), and the table's last column says how much CPU wrk took.
+
+With --profile, the service is then loaded once more with each one-digit body while py-spy samples its
+processes (on the client's cores; the threads that hold the GIL, that is Python's own work): flame-1-json.svg
+and flame-1-raw.svg under --out show where a
+request's time goes. Those runs are not in the table: sampling slows the process it samples.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -63,16 +73,17 @@ def in_process_best(model: Path, variant: str, service_cores: set[int], images: 
 
 
 @contextmanager
-def server(kind: str, model: Path, variant: str, service_cores: set[int], log: Path) -> Iterator[tuple[str, int]]:
+def server(kind: str, model: Path, variant: str, service_cores: set[int], log: Path, workers: int = 1
+           ) -> Iterator[tuple[str, int]]:
     """The service or the baseline, pinned with taskset; yields its URL and pid."""
     port = free_port()
     pin = ["taskset", "-c", ",".join(map(str, sorted(service_cores)))]
-    threads = str(len(service_cores))
+    threads = str(max(1, len(service_cores) // workers))
     if kind == "service":
         command = pin + [sys.executable, "-m", "bentoml", "serve", "serving.service:CapsNet", "--host", "127.0.0.1",
                          "--port", str(port)]
         env = {"CAPSNET_MODEL": str(model), "CAPSNET_VARIANT": variant, "CAPSNET_DEVICE": "cpu",
-               "CAPSNET_THREADS": threads, "BENTOML_HOME": str(log.parent / "bentoml")}
+               "CAPSNET_WORKERS": str(workers), "CAPSNET_THREADS": threads, "BENTOML_HOME": str(log.parent / "bentoml")}
     else:
         # the variant's file as the service finds it: named in the fp32 file's `variants` metadata
         file = model if variant == "fp32" else model.with_name(json.loads(read_metadata(model)["variants"])[variant])
@@ -103,28 +114,52 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def wrk(url: str, script: Path, client_cores: set[int], connections: int, seconds: float) -> dict:
+    """One wrk run; also the CPU seconds wrk itself took."""
+    cpu_before = children_cpu_seconds()
     run = subprocess.run(["taskset", "-c", ",".join(map(str, sorted(client_cores))), "wrk", "-t1",
-                          f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url + "/classify"],
+                          f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script), url + "/classify"],
                          capture_output=True, text=True, timeout=seconds + 60)
     if run.returncode != 0:
-        raise RuntimeError(f"wrk failed: {run.stderr.strip()}")
+        raise RuntimeError(f"wrk failed (exit {run.returncode}): {run.stderr.strip()} {run.stdout.strip()[-500:]}")
     out = run.stdout
 
     def ms(label: str) -> float:
         value, unit = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
         return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
+    client_cpu = children_cpu_seconds() - cpu_before
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"requests": requests, "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50_ms": ms("50%"), "p99_ms": ms("99%"), "non_2xx": int(errors.group(1)) if errors else 0}
+            "p50_ms": ms("50%"), "p99_ms": ms("99%"), "non_2xx": int(errors.group(1)) if errors else 0,
+            "client_cpu_s": round(client_cpu, 2)}
+
+
+def profile(pid: int, url: str, script: Path, client_cores: set[int], connections: int, seconds: float,
+            svg: Path) -> None:
+    """A py-spy flame graph of the process tree `pid` while wrk sends `script`'s body for `seconds`."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    pin = ["taskset", "-c", ",".join(map(str, sorted(client_cores)))]
+    recorder = subprocess.Popen(pin + [spy, "record", "--pid", str(pid), "--subprocesses", "--rate", "200", "--gil",
+                                       "--duration", str(int(seconds)), "--format", "flamegraph", "--output",
+                                       str(svg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wrk(url, script, client_cores, connections, seconds + 2)
+    _, err = recorder.communicate(timeout=seconds + 120)
+    if recorder.returncode != 0:
+        raise RuntimeError(f"py-spy failed: {err.strip()[-500:]}")
+    print(f"wrote {svg}", file=sys.stderr)
 
 
 def measure(args: argparse.Namespace) -> dict:
     service_cores, client_cores = cores(args.service_cores), cores(args.client_cores)
-    if service_cores & client_cores:
-        raise SystemExit("--service-cores and --client-cores must not share a core")
+    if service_cores & client_cores and not args.share_cores:
+        raise SystemExit("--service-cores and --client-cores must not share a core (unless --share-cores)")
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install wrk (Debian's package)")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +175,8 @@ def measure(args: argparse.Namespace) -> dict:
             content_type="application/octet-stream" if form == "raw" else "application/json", body=body))
     rows = []
     for kind in ("service", "reference"):
-        with server(kind, args.model, args.variant, service_cores, args.out / f"{kind}.log") as (url, pid):
+        workers = args.workers if kind == "service" else 1
+        with server(kind, args.model, args.variant, service_cores, args.out / f"{kind}.log", workers) as (url, pid):
             for name, (count, form) in BODIES.items():
                 script = args.out / f"body-{count}-{form}.lua"
                 wrk(url, script, client_cores, args.connections, args.warmup)
@@ -154,7 +190,12 @@ def measure(args: argparse.Namespace) -> dict:
                 rows.append(row)
                 print(f"{kind:9} {name:22} {row['requests_per_s']:8.1f} req/s  {row['share_of_in_process']:6.1%}"
                       f"  {row['cpu_ms_per_request']:5.2f} ms CPU/request", file=sys.stderr)
+            if args.profile and kind == "service":
+                for count, form in ((1, "json"), (1, "raw")):
+                    profile(pid, url, args.out / f"body-{count}-{form}.lua", client_cores, args.connections,
+                            args.profile, args.out / f"flame-{count}-{form}.svg")
     return {"in_process_images_per_s": round(best, 1), "in_process_batch": best_batch, "variant": args.variant,
+            "workers": args.workers,
             "service_cores": args.service_cores, "client_cores": args.client_cores,
             "connections": args.connections, "seconds": args.seconds, "rows": rows}
 
@@ -162,14 +203,15 @@ def measure(args: argparse.Namespace) -> dict:
 def markdown(report: dict) -> str:
     lines = [f"In-process ONNX Runtime ({report['variant']}, cores {report['service_cores']}):"
              f" {report['in_process_images_per_s']:,.0f} images/s at batch {report['in_process_batch']}."
-             f" Server on cores {report['service_cores']}, wrk on {report['client_cores']},"
+             f" Server on cores {report['service_cores']} ({report['workers']} service worker(s)),"
+             f" wrk on {report['client_cores']},"
              f" {report['connections']} connections, {report['seconds']} s per body.", "",
-             "| server | body | req/s | images/s | of in-process | server CPU per request | p50 | p99 | non-2xx |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| server | body | req/s | images/s | of in-process | server CPU per request | p50 | p99 | non-2xx |"
+             " wrk's CPU |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(f"| {r['server']} | {r['body']} | {r['requests_per_s']:,.0f} | {r['images_per_s']:,.0f} |"
                      f" {r['share_of_in_process']:.0%} | {r['cpu_ms_per_request']:.2f} ms | {r['p50_ms']:.1f} ms |"
-                     f" {r['p99_ms']:.1f} ms | {r['non_2xx']} |")
+                     f" {r['p99_ms']:.1f} ms | {r['non_2xx']} | {r['client_cpu_s'] / report['seconds']:.0%} of a core |")
     return "\n".join(lines)
 
 
@@ -186,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--in-process-seconds", type=float, default=1.5, help="seconds per in-process batch size")
     p.add_argument("--data", type=Path, default=Path(DEFAULT_ROOT), help="MNIST root folder")
     p.add_argument("--out", type=Path, default=Path("runs/pinned"), help="where the report goes")
+    p.add_argument("--workers", type=int, default=1, help="the service's CAPSNET_WORKERS (threads: cores / workers)")
+    p.add_argument("--share-cores", action="store_true",
+                   help="let the server and wrk share cores (to measure workers on all cores; wrk's CPU is reported)")
+    p.add_argument("--profile", type=float, default=0, metavar="SECONDS",
+                   help="then profile the service with py-spy for this long per one-digit body (0: no profile)")
     p.add_argument("--quick", action="store_true", help="2 s per body, 1 s warm-up (what the tests run)")
     args = p.parse_args(argv)
     if args.quick:
