@@ -193,8 +193,9 @@ def occlusion(model: CapsNet, x: torch.Tensor, y: torch.Tensor, out: Path) -> di
             drop = torch.stack([before - winner_after_silencing(model, u, cells, winner) for cells in draws])
             drops[name][str(k)] = round(drop.mean().item(), 4)
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for name, style in (("highest", "o-"), ("random", "s--"), ("lowest", "v:")):
-        ax.plot(OCCLUDED_CELLS, [drops[name][str(k)] for k in OCCLUDED_CELLS], style, label=f"{name} share first")
+    for name, style, label in (("highest", "o-", "highest share first"), ("random", "s--", "random cells"),
+                               ("lowest", "v:", "lowest share first")):
+        ax.plot(OCCLUDED_CELLS, [drops[name][str(k)] for k in OCCLUDED_CELLS], style, label=label)
     ax.set_xlabel("cells of the 6x6 primary-capsule grid silenced (all 32 types)")
     ax.set_ylabel("mean drop of the winner's length")
     ax.set_title(f"Silencing cells by the routing map, {len(x):,} test digits", fontsize=9)
