@@ -26,7 +26,7 @@ def test_built_bento_serves_from_a_virtualenv_without_torch(tmp_path, mnist_root
     context = tmp_path / "context"
     shutil.copytree(ROOT / "serving", context / "serving", ignore=shutil.ignore_patterns("__pycache__"))
     (context / "models").mkdir()
-    for variant in VARIANTS:
+    for variant in (*VARIANTS, "decoder"):
         shutil.copy(variant_path(PUBLISHED_ONNX, variant), context / "models")
     shutil.copy(report_path(PUBLISHED_ONNX), context / "models")
     shutil.copy(ROOT / "models" / "README.md", context / "models" / "README.md")
