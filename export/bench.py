@@ -160,10 +160,10 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-ROUTING_ROUNDS = 40  # samples per run and batch size, each of 0.05 s or more
+ROUNDS_PER_REPEAT = 8  # the routing comparison takes 8 x --repeats samples per run and batch (40 by default)
 
 
-def routing_cost(onnx_path: Path, out: Path, digits: np.ndarray, batches: list[int], threads: int
+def routing_cost(onnx_path: Path, out: Path, digits: np.ndarray, batches: list[int], threads: int, rounds: int
                  ) -> dict[str, dict[str, float]]:
     """Images/s of /classify's and /explain's runs on one graph, against the graph without the routing outputs."""
     import onnx.utils
@@ -183,13 +183,13 @@ def routing_cost(onnx_path: Path, out: Path, digits: np.ndarray, batches: list[i
         images = np.ascontiguousarray(np.resize(digits, (b, 1, 28, 28)))
         calls = {name: factory(images) for name, factory in runs.items()}
         samples: dict[str, list[float]] = {name: [] for name in runs}
-        for _ in range(ROUTING_ROUNDS):
+        for _ in range(rounds):
             for name, call in calls.items():
                 samples[name].append(time_it(call, 1, min_seconds=0.05))
         for name in runs:
             table[name][str(b)] = round(b / statistics.median(samples[name]), 1)
     print(f"\nrouting outputs, {onnx_path.name} ({' '.join(f'b={b}' for b in batches)}; images/s, median of"
-          f" {ROUTING_ROUNDS} interleaved samples; ratio to the first)")
+          f" {rounds} interleaved samples of 0.05 s or more; ratio to the first)")
     first = next(iter(table.values()))
     for name, row in table.items():
         print(f"{name:>48} " + " ".join(f"{v:>9.0f} ({v / first[b]:.3f}x)" for b, v in row.items()))
@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
     routing = {}
     if args.routing and args.device == "cpu" and variant_path(args.onnx, "int8").exists():
         args.out.mkdir(parents=True, exist_ok=True)
-        routing = routing_cost(variant_path(args.onnx, "int8"), args.out, digits, [1, 64], args.threads)
+        routing = routing_cost(variant_path(args.onnx, "int8"), args.out, digits, [1, 64], args.threads,
+                               ROUNDS_PER_REPEAT * args.repeats)
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"},
