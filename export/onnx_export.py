@@ -125,12 +125,13 @@ def check(name: str, diffs: dict[str, float]) -> list[str]:
     return failures
 
 
-def verify(onnx_path: Path | str, model: CapsNet, images: np.ndarray, labels: np.ndarray, reference_digits: int = 2
+def verify(onnx_path: Path | str, model: CapsNet, images: np.ndarray, labels: np.ndarray, reference_digits: int = 2,
+           expected: dict[str, np.ndarray] | None = None
            ) -> dict[str, Any]:
     """All checks on onnx_path; returns the report, raises VerificationError if any check fails."""
     onnx_path = Path(onnx_path)
     onnx.checker.check_model(str(onnx_path), full_check=True)
-    expected = torch_outputs(model, images)
+    expected = torch_outputs(model, images) if expected is None else expected  # PyTorch's outputs on images
     session = cpu_session(onnx_path)
     report: dict[str, Any] = {"digits": len(images), "checker": "onnx.checker.check_model(full_check=True): ok",
                               "tolerance": TOLERANCE, "onnxruntime": {}}
@@ -193,7 +194,8 @@ def export_and_verify(checkpoint: Path | str, out: Path | str, opset: int = DEFA
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as folder:
         staged = Path(folder) / out.name
         export_onnx(model, staged, opset)
-        report = verify(staged, model, images[:verify_digits], labels[:verify_digits])
+        expected = torch_outputs(model, images[:verify_digits])  # once: for the graph and for its variants
+        report = verify(staged, model, images[:verify_digits], labels[:verify_digits], expected=expected)
         staged_decoder = export_decoder(model, variant_path(staged, DECODER), opset)
         report["decoder"] = verify_decoder(staged_decoder, model, images[:DECODER_VERIFY_DIGITS])
         accuracy = ort_accuracy(cpu_session(staged), images, labels)
@@ -212,7 +214,6 @@ def export_and_verify(checkpoint: Path | str, out: Path | str, opset: int = DEFA
         set_metadata(staged, metadata)
         calibration = read_split("train", data_root, CALIBRATION_DIGITS)[0][:, None] if variants else None
         built = build_variants(staged, list(variants), calibration, images, labels, metadata)
-        expected = torch_outputs(model, images[:verify_digits])
         for name, variant in built.items():
             diffs = compare(expected, ort_outputs(cpu_session(variant_path(staged, name)), images[:verify_digits], 256))
             variant["against_torch"] = {**diffs, "routing_map_tolerance": VARIANT_ROUTING_TOLERANCE[name]}

@@ -179,6 +179,7 @@ class Choice:
     path: Path
     session: ort.InferenceSession
     warnings: list[str] = field(default_factory=list)
+    fp32_metadata: dict[str, str] = field(default_factory=dict)  # the fp32 file's: names its variants and decoder
 
 
 def _listed_variants(fp32_path: Path, meta: dict[str, str]) -> dict[str, Path]:
@@ -226,7 +227,7 @@ def open_variant(fp32_path: Path, variant: str = "auto", device: str = "auto", t
             warnings.append(f"{reason}; serving fp32")
             del session
             name, path, session = "fp32", fp32_path, create_session(fp32_path, device, threads)
-    return _finish(Choice(name, path, session), warnings)
+    return _finish(Choice(name, path, session, fp32_metadata=fp32_meta), warnings)
 
 
 def _finish(choice: Choice, warnings: list[str]) -> Choice:
@@ -327,7 +328,7 @@ class CapsNetRuntime:
         # may still bring up to MAX_BATCH images); on CUDA, not measured: MAX_BATCH
         measured = self.metadata.get("cpu_best_batch")
         self.merge_cap = int(measured) if measured and not on_cuda(self.session) else MAX_BATCH
-        decoder = read_metadata(fp32_path).get("decoder")  # the page's live pose sliders run this one in the browser
+        decoder = choice.fp32_metadata.get("decoder")  # the page's live pose sliders run this one in the browser
         self.decoder_path = fp32_path.with_name(decoder) if decoder else None
 
     @property
