@@ -3,9 +3,15 @@
 The server runs on --service-cores, the load generator (wrk, a compiled HTTP client; Debian's `wrk`) on
 --client-cores. For three bodies (1 digit as JSON, 1 digit as raw float32, 8 digits as raw float32) it
 reports req/s, images/s, that rate as a share of in-process ONNX Runtime on the same cores at its best
-batch size, the server's CPU time per request (its processes' CPU counters), and p50/p99 latency; first
-for the service (`bentoml serve`, int8), then, in the same run, for the hand-written baseline
-(loadtest/reference.py). Writes pinned.json and pinned.md under --out and prints the table.
+batch size, the server's CPU time per request (its processes' CPU counters), and p50/p99 latency, for
+the service (`bentoml serve`, int8) and, in the same run, for the hand-written baseline
+(loadtest/reference.py). Both servers run at once on the same cores, loaded one at a time: per body
+they take --rounds turns (the measured seconds split among them), and in-process ONNX Runtime is
+sampled again after each round, so that a shared machine's drift over minutes hits every server
+alike. Writes pinned.json and pinned.md under --out and prints the table.
+
+--batchers ours,bentoml measures the service once with each batcher (CAPSNET_BATCHER: ours, or BentoML's
+adaptive batching), in the same run.
 
 --workers N runs the service with CAPSNET_WORKERS=N (ONNX Runtime's threads divided among them);
 with --share-cores the server and wrk may share cores (all of a small machine's cores for the
@@ -28,7 +34,7 @@ import shutil
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -37,10 +43,12 @@ import psutil
 
 from loadtest.server import free_port, wait_ready
 from mnist import DEFAULT_ROOT, read_split
+from serving.batching import BATCHERS
 from serving.runtime import CapsNetRuntime, read_metadata
 
 BODIES = {"1 digit, JSON": (1, "json"), "1 digit, raw float32": (1, "raw"), "8 digits, raw float32": (8, "raw")}
 IN_PROCESS_BATCHES = (1, 8, 16, 32, 64)
+SERVICE_LABELS = {"ours": "service", "bentoml": "service, BentoML's batching"}
 LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "{content_type}"
 local f = io.open("{body}", "rb"); wrk.body = f:read("*a"); f:close()
@@ -51,30 +59,38 @@ def cores(text: str) -> set[int]:
     return {int(c) for c in text.split(",")}
 
 
-def in_process_best(model: Path, variant: str, service_cores: set[int], images: np.ndarray,
-                    seconds: float) -> tuple[float, int]:
-    """Best images/s of ONNX Runtime in this process, pinned to the service's cores, and its batch size."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, service_cores)
-    try:
-        runtime = CapsNetRuntime(model, device="cpu", threads=len(service_cores), variant=variant)
-        rates = {}
-        for batch in IN_PROCESS_BATCHES:
-            runtime.predict(images[:batch])
+def batchers(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if unknown := set(names) - set(BATCHERS):
+        raise argparse.ArgumentTypeError(f"unknown batcher(s) {sorted(unknown)}; choose from {', '.join(BATCHERS)}")
+    return names
+
+
+class InProcess:
+    """ONNX Runtime in this process on the service's cores: the model's own speed, without HTTP."""
+
+    def __init__(self, model: Path, variant: str, service_cores: set[int], images: np.ndarray):
+        self.cores, self.images = service_cores, images
+        self.runtime = CapsNetRuntime(model, device="cpu", threads=len(service_cores), variant=variant)
+
+    def rate(self, batch: int, seconds: float) -> float:
+        """images/s at this batch size over `seconds`, this process pinned to the service's cores meanwhile."""
+        before = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, self.cores)
+        try:
+            self.runtime.predict(self.images[:batch])
             done, started = 0, time.perf_counter()
             while time.perf_counter() - started < seconds:
-                runtime.predict(images[:batch])
+                self.runtime.predict(self.images[:batch])
                 done += batch
-            rates[batch] = done / (time.perf_counter() - started)
-    finally:
-        os.sched_setaffinity(0, before)
-    batch = max(rates, key=rates.get)
-    return rates[batch], batch
+            return done / (time.perf_counter() - started)
+        finally:
+            os.sched_setaffinity(0, before)
 
 
 @contextmanager
-def server(kind: str, model: Path, variant: str, service_cores: set[int], log: Path, workers: int = 1
-           ) -> Iterator[tuple[str, int]]:
+def server(kind: str, model: Path, variant: str, service_cores: set[int], log: Path, workers: int = 1,
+           batcher: str = "ours") -> Iterator[tuple[str, int]]:
     """The service or the baseline, pinned with taskset; yields its URL and pid."""
     port = free_port()
     pin = ["taskset", "-c", ",".join(map(str, sorted(service_cores)))]
@@ -83,7 +99,8 @@ def server(kind: str, model: Path, variant: str, service_cores: set[int], log: P
         command = pin + [sys.executable, "-m", "bentoml", "serve", "serving.service:CapsNet", "--host", "127.0.0.1",
                          "--port", str(port)]
         env = {"CAPSNET_MODEL": str(model), "CAPSNET_VARIANT": variant, "CAPSNET_DEVICE": "cpu",
-               "CAPSNET_WORKERS": str(workers), "CAPSNET_THREADS": threads, "BENTOML_HOME": str(log.parent / "bentoml")}
+               "CAPSNET_WORKERS": str(workers), "CAPSNET_THREADS": threads, "CAPSNET_BATCHER": batcher,
+               "BENTOML_HOME": str(log.parent / "bentoml")}
     else:
         # the variant's file as the service finds it: named in the fp32 file's `variants` metadata
         file = model if variant == "fp32" else model.with_name(json.loads(read_metadata(model)["variants"])[variant])
@@ -164,7 +181,10 @@ def measure(args: argparse.Namespace) -> dict:
         raise SystemExit("wrk is missing: apt-get install wrk (Debian's package)")
     args.out.mkdir(parents=True, exist_ok=True)
     images = read_split("test", args.data, 64)[0][:, None]
-    best, best_batch = in_process_best(args.model, args.variant, service_cores, images, args.in_process_seconds)
+    in_process = InProcess(args.model, args.variant, service_cores, images)
+    rates = {batch: in_process.rate(batch, args.in_process_seconds) for batch in IN_PROCESS_BATCHES}
+    best_batch = max(rates, key=rates.get)
+    best = rates[best_batch]
     print(f"in-process ONNX Runtime ({args.variant}, cores {args.service_cores}): {best:.0f} images/s"
           f" at batch {best_batch}", file=sys.stderr)
     for name, (count, form) in BODIES.items():
@@ -173,45 +193,75 @@ def measure(args: argparse.Namespace) -> dict:
                          json.dumps({"images": images[:count, 0].tolist()}).encode())
         (args.out / f"{body.name}.lua").write_text(LUA.format(
             content_type="application/octet-stream" if form == "raw" else "application/json", body=body))
-    rows = []
-    for kind in ("service", "reference"):
-        workers = args.workers if kind == "service" else 1
-        with server(kind, args.model, args.variant, service_cores, args.out / f"{kind}.log", workers) as (url, pid):
-            for name, (count, form) in BODIES.items():
-                script = args.out / f"body-{count}-{form}.lua"
+    servers = [("service", batcher) for batcher in args.batchers] + [("reference", "")]
+    with ExitStack() as stack:
+        running = []  # (label, url, pid), all started at once, pinned to the same cores; one is loaded at a time
+        for kind, batcher in servers:
+            log = args.out / (f"service-{batcher}.log" if batcher not in ("ours", "") else f"{kind}.log")
+            workers = args.workers if kind == "service" else 1
+            url, pid = stack.enter_context(server(kind, args.model, args.variant, service_cores, log, workers, batcher))
+            running.append((SERVICE_LABELS.get(batcher, kind), url, pid))
+        rows, model_rates = [], [best]
+        for name, (count, form) in BODIES.items():
+            script = args.out / f"body-{count}-{form}.lua"
+            parts: dict[str, list[tuple[dict, float]]] = {label: [] for label, _, _ in running}
+            for label, url, _ in running:
                 wrk(url, script, client_cores, args.connections, args.warmup)
-                cpu_before = cpu_seconds(pid)
-                result = wrk(url, script, client_cores, args.connections, args.seconds)
-                cpu = cpu_seconds(pid) - cpu_before
-                row = {"server": kind, "body": name, "images_per_request": count, **result,
-                       "images_per_s": round(result["requests_per_s"] * count, 1),
-                       "share_of_in_process": round(result["requests_per_s"] * count / best, 3),
-                       "cpu_ms_per_request": round(1000 * cpu / max(result["requests"], 1), 2)}
-                rows.append(row)
-                print(f"{kind:9} {name:22} {row['requests_per_s']:8.1f} req/s  {row['share_of_in_process']:6.1%}"
-                      f"  {row['cpu_ms_per_request']:5.2f} ms CPU/request", file=sys.stderr)
-            if args.profile and kind == "service":
-                for count, form in ((1, "json"), (1, "raw")):
-                    profile(pid, url, args.out / f"body-{count}-{form}.lua", client_cores, args.connections,
-                            args.profile, args.out / f"flame-{count}-{form}.svg")
-    return {"in_process_images_per_s": round(best, 1), "in_process_batch": best_batch, "variant": args.variant,
-            "workers": args.workers,
-            "service_cores": args.service_cores, "client_cores": args.client_cores,
-            "connections": args.connections, "seconds": args.seconds, "rows": rows}
+            for _ in range(args.rounds):  # the servers take turns, so that the machine's drift hits each alike
+                for label, url, pid in running:
+                    cpu_before = cpu_seconds(pid)
+                    result = wrk(url, script, client_cores, args.connections, args.seconds / args.rounds)
+                    parts[label].append((result, cpu_seconds(pid) - cpu_before))
+                model_rates.append(in_process.rate(best_batch, args.in_process_seconds))
+            for label, _, _ in running:
+                rows.append(combine(label, name, count, parts[label]))
+        if args.profile:
+            label, url, pid = running[0]
+            for count, form in ((1, "json"), (1, "raw")):
+                profile(pid, url, args.out / f"body-{count}-{form}.lua", client_cores, args.connections,
+                        args.profile, args.out / f"flame-{count}-{form}.svg")
+    model_rate = sum(model_rates) / len(model_rates)
+    for row in rows:
+        row["share_of_in_process"] = round(row["images_per_s"] / model_rate, 3)
+        print(f"{row['server']:9} {row['body']:22} {row['requests_per_s']:8.1f} req/s  {row['share_of_in_process']:6.1%}"
+              f"  {row['cpu_ms_per_request']:5.2f} ms CPU/request", file=sys.stderr)
+    return {"in_process_images_per_s": round(model_rate, 1), "in_process_batch": best_batch,
+            "in_process_samples": [round(r, 1) for r in model_rates], "variant": args.variant,
+            "workers": args.workers, "service_cores": args.service_cores, "client_cores": args.client_cores,
+            "connections": args.connections, "seconds": args.seconds, "rounds": args.rounds, "rows": rows}
+
+
+def combine(label: str, body: str, count: int, parts: list[tuple[dict, float]]) -> dict:
+    """One row from a server's rounds: rates and CPU over all of them, the median round's p50 and the worst p99."""
+    requests = sum(result["requests"] for result, _ in parts)
+    seconds = sum(result["requests"] / result["requests_per_s"] for result, _ in parts if result["requests_per_s"])
+    rate = requests / seconds if seconds else 0.0
+    p50s = sorted(result["p50_ms"] for result, _ in parts)
+    return {"server": label, "body": body, "images_per_request": count, "requests": requests,
+            "requests_per_s": round(rate, 1), "images_per_s": round(rate * count, 1),
+            "cpu_ms_per_request": round(1000 * sum(cpu for _, cpu in parts) / max(requests, 1), 2),
+            "p50_ms": p50s[len(p50s) // 2], "p99_ms": max(result["p99_ms"] for result, _ in parts),
+            "non_2xx": sum(result["non_2xx"] for result, _ in parts),
+            "client_cpu_s": round(sum(result["client_cpu_s"] for result, _ in parts), 2)}
 
 
 def markdown(report: dict) -> str:
+    samples = report["in_process_samples"]
     lines = [f"In-process ONNX Runtime ({report['variant']}, cores {report['service_cores']}):"
-             f" {report['in_process_images_per_s']:,.0f} images/s at batch {report['in_process_batch']}."
-             f" Server on cores {report['service_cores']} ({report['workers']} service worker(s)),"
-             f" wrk on {report['client_cores']},"
-             f" {report['connections']} connections, {report['seconds']} s per body.", "",
-             "| server | body | req/s | images/s | of in-process | server CPU per request | p50 | p99 | non-2xx |"
-             " wrk's CPU |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f" {report['in_process_images_per_s']:,.0f} images/s at batch {report['in_process_batch']}"
+             f" (mean of {len(samples)} samples over the run, {min(samples):,.0f} to {max(samples):,.0f})."
+             f" Servers on cores {report['service_cores']} ({report['workers']} service worker(s)),"
+             f" wrk on {report['client_cores']}, {report['connections']} connections,"
+             f" {report['seconds']:g} s per body and server in {report['rounds']} turns.", "",
+             "| server | body | req/s | images/s | of in-process | of the baseline | server CPU per request | p50 | p99 |"
+             " non-2xx | wrk's CPU |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    baseline = {r["body"]: r["images_per_s"] for r in report["rows"] if r["server"] == "reference"}
     for r in report["rows"]:
+        versus = f"{r['images_per_s'] / baseline[r['body']]:.0%}" if baseline.get(r["body"]) else "-"
         lines.append(f"| {r['server']} | {r['body']} | {r['requests_per_s']:,.0f} | {r['images_per_s']:,.0f} |"
-                     f" {r['share_of_in_process']:.0%} | {r['cpu_ms_per_request']:.2f} ms | {r['p50_ms']:.1f} ms |"
-                     f" {r['p99_ms']:.1f} ms | {r['non_2xx']} | {r['client_cpu_s'] / report['seconds']:.0%} of a core |")
+                     f" {r['share_of_in_process']:.0%} | {versus} | {r['cpu_ms_per_request']:.2f} ms |"
+                     f" {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {r['non_2xx']} |"
+                     f" {r['client_cpu_s'] / report['seconds']:.0%} of a core |")
     return "\n".join(lines)
 
 
@@ -224,19 +274,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client-cores", default="1", help="cores of wrk")
     p.add_argument("--connections", type=int, default=16, help="wrk connections")
     p.add_argument("--seconds", type=float, default=15, help="measured seconds per body and server")
-    p.add_argument("--warmup", type=float, default=3, help="unmeasured seconds before each measurement")
-    p.add_argument("--in-process-seconds", type=float, default=1.5, help="seconds per in-process batch size")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="the servers take turns this many times per body, --seconds split among the turns")
+    p.add_argument("--warmup", type=float, default=3, help="unmeasured seconds per server before each body")
+    p.add_argument("--in-process-seconds", type=float, default=1.5,
+                   help="seconds per in-process batch size, and per in-process sample after each round")
     p.add_argument("--data", type=Path, default=Path(DEFAULT_ROOT), help="MNIST root folder")
     p.add_argument("--out", type=Path, default=Path("runs/pinned"), help="where the report goes")
     p.add_argument("--workers", type=int, default=1, help="the service's CAPSNET_WORKERS (threads: cores / workers)")
+    p.add_argument("--batchers", type=batchers, default="ours",
+                   help="the service's batchers to measure, comma-separated: ours, bentoml (BentoML's adaptive batching)")
     p.add_argument("--share-cores", action="store_true",
                    help="let the server and wrk share cores (to measure workers on all cores; wrk's CPU is reported)")
     p.add_argument("--profile", type=float, default=0, metavar="SECONDS",
                    help="then profile the service with py-spy for this long per one-digit body (0: no profile)")
-    p.add_argument("--quick", action="store_true", help="2 s per body, 1 s warm-up (what the tests run)")
+    p.add_argument("--quick", action="store_true", help="2 s per body in one round, 1 s warm-up (what the tests run)")
     args = p.parse_args(argv)
     if args.quick:
-        args.seconds, args.warmup, args.in_process_seconds = 2, 1, 0.5
+        args.seconds, args.warmup, args.in_process_seconds, args.rounds = 2, 1, 0.5, 1
     report = measure(args)
     failed = [r for r in report["rows"] if r["non_2xx"] or not r["requests"]]
     (args.out / "pinned.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -13,13 +13,19 @@ callers that bypass BentoML.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import queue
 import threading
+import typing as t
 from concurrent.futures import Future
 
+import anyio
 import numpy as np
 
-from serving.runtime import MAX_BATCH, CapsNetRuntime, Prediction
+from serving.runtime import IMAGE_SIZE, MAX_BATCH, CapsNetRuntime, Prediction
+
+PIXELS = IMAGE_SIZE * IMAGE_SIZE
 
 MAX_CONCURRENCY = 128  # requests inside the service at once (BentoML's traffic.max_concurrency; 429 past it)
 MAX_WAITING = MAX_CONCURRENCY  # requests queued before new ones are refused (503, in-process callers only)
@@ -37,14 +43,24 @@ class MicroBatcher:
         self.batch_sizes: list[int] = []  # recent batch sizes, for tests and metrics
         threading.Thread(target=self._loop, name="capsnet-batcher", daemon=True).start()
 
-    def predict(self, images: np.ndarray, timeout: float = 30.0) -> Prediction:
-        """images: validated float32 (N, 1, 28, 28); N may exceed max_batch (it then runs alone)."""
+    def submit(self, images: np.ndarray) -> Future:
+        """Queue images (validated float32 (N, 1, 28, 28); N may exceed max_batch: it then runs alone) for the
+        next batch; the future gets their Prediction. Raises Overloaded when the queue is full."""
         done: Future = Future()
         try:
             self.waiting.put_nowait((images, done))
         except queue.Full:
             raise Overloaded(f"{self.waiting.maxsize} requests are already waiting; try again shortly") from None
-        return done.result(timeout)
+        return done
+
+    def predict(self, images: np.ndarray, timeout: float = 30.0) -> Prediction:
+        """The Prediction for images, waiting in this thread."""
+        return self.submit(images).result(timeout)
+
+    async def predict_async(self, images: np.ndarray) -> Prediction:
+        """The Prediction for images, awaited on the event loop: no thread waits for it. A request cancelled
+        while it waits (its client's timeout) leaves the queue without running."""
+        return await asyncio.wrap_future(self.submit(images))
 
     def _take(self, first: tuple[np.ndarray, Future]) -> tuple[list[tuple[np.ndarray, Future]], object]:
         """first plus whatever else waits now, up to max_batch images; also the item that did not fit."""
@@ -64,6 +80,9 @@ class MicroBatcher:
         carried = None
         while True:
             items, carried = self._take(carried or self.waiting.get())
+            items = [(images, done) for images, done in items if done.set_running_or_notify_cancel()]
+            if not items:
+                continue
             try:
                 result = self.runtime.predict(np.concatenate([images for images, _ in items]))
             except Exception as err:  # noqa: BLE001 - every waiting request hears about the failure
@@ -76,3 +95,56 @@ class MicroBatcher:
                 rows = slice(start, start + len(images))
                 done.set_result(Prediction(result.labels[rows], result.lengths[rows], result.reconstructions[rows]))
                 start += len(images)
+
+
+class CorkBatcher:
+    """BentoML's adaptive batching in place of MicroBatcher, to compare the two (CAPSNET_BATCHER=bentoml).
+
+    The CorkDispatcher that BentoML puts behind `@bentoml.api(batchable=True)`, set up as BentoML sets it up
+    for such an API: its default max latency, the batch cap as max_batch_size, the model run in a thread.
+    It waits on a 1 ms timer while it decides whether to run now or let the batch grow. (A batchable API
+    itself would also parse every body with BentoML's JSON path, take no raw float32, and answer a bare
+    array instead of /classify's labels and lengths, so the service uses the dispatcher, not the decorator.)
+    """
+
+    def __init__(self, runtime: CapsNetRuntime, max_batch: int = MAX_BATCH, max_latency_ms: int = 60_000):
+        from bentoml._internal.marshal.dispatcher import CorkDispatcher
+
+        self.runtime = runtime
+        self.max_batch = max_batch
+        self.batch_sizes: list[int] = []  # recent batch sizes, as MicroBatcher's
+        dispatcher = CorkDispatcher(max_latency_ms, max_batch, fallback=self._dropped, get_batch_size=len,
+                                    batch_dim=(0, 0))
+        self._run = dispatcher(self._run_batches)
+
+    @staticmethod
+    def _dropped() -> t.NoReturn:
+        raise Overloaded("the batcher dropped this request: it would have waited past its max latency")
+
+    async def _run_batches(self, batches: t.Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Each request's rows of one run, as (n, 784 + 10) arrays: BentoML splits and joins arrays only."""
+        result = await anyio.to_thread.run_sync(self.runtime.predict, np.concatenate(batches))
+        self.batch_sizes = (self.batch_sizes + [len(result.labels)])[-1000:]
+        packed = np.concatenate([result.reconstructions.reshape(len(result.labels), -1), result.lengths], axis=1)
+        return np.split(packed, np.cumsum([len(images) for images in batches])[:-1])
+
+    async def predict_async(self, images: np.ndarray) -> Prediction:
+        packed = await self._run(images)
+        lengths = packed[:, PIXELS:]
+        return Prediction(lengths.argmax(1), lengths, packed[:, :PIXELS].reshape(-1, IMAGE_SIZE, IMAGE_SIZE))
+
+
+BATCHERS = {"ours": MicroBatcher, "bentoml": CorkBatcher}
+
+
+def batcher_kind_from_env() -> str:
+    """CAPSNET_BATCHER: `ours` (MicroBatcher, the default) or `bentoml` (CorkBatcher); else ValueError."""
+    name = os.environ.get("CAPSNET_BATCHER", "").strip() or "ours"
+    if name not in BATCHERS:
+        raise ValueError(f"CAPSNET_BATCHER must be one of {', '.join(BATCHERS)}; got {name!r}")
+    return name
+
+
+def batcher_from_env(runtime: CapsNetRuntime) -> MicroBatcher | CorkBatcher:
+    """The batcher CAPSNET_BATCHER names; merged batches stop at the runtime's merge_cap."""
+    return BATCHERS[batcher_kind_from_env()](runtime, runtime.merge_cap)

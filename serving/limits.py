@@ -1,5 +1,5 @@
-"""HTTP errors, and the ASGI middleware in front of the service: body size limit (413), upload form check (400),
-and the octet-stream form of /classify (serving/octets.py).
+"""The ASGI middleware in front of the service: body size limit (413), upload form check (400), and
+/classify's common bodies answered before BentoML's API layer (serving/direct.py).
 
 Bodies over MAX_BODY_BYTES are refused from their Content-Length, or as soon as a chunked body
 grows past it; the rest of such a body (up to DRAIN_LIMIT in all) is read and dropped before the 413,
@@ -15,11 +15,8 @@ from typing import Any, Awaitable, Callable
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
-from serving import octets
-from serving.batching import Overloaded
-from serving.runtime import InvalidInput, TooLarge
+from serving import direct
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # 256 images as JSON fit in about 4 MB; uploads are capped at 10 MB
 DRAIN_LIMIT = 4 * MAX_BODY_BYTES  # an over-limit body up to this size is read to its end before the 413
@@ -28,12 +25,6 @@ UPLOAD_ROUTES = {"/classify_image": "image"}  # route -> its one file field
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-def error_response(err: Exception) -> JSONResponse:
-    """InvalidInput -> 400, TooLarge -> 413, Overloaded -> 503; the body says why."""
-    status = 503 if isinstance(err, Overloaded) else 413 if isinstance(err, TooLarge) else 400
-    return JSONResponse({"error": str(err)}, status_code=status)
 
 
 async def reply(send: Send, status: int, error: str) -> None:
@@ -115,12 +106,9 @@ class RequestGate:
         kind = content_type(raw_type)
         if kind == "multipart/form-data" and b"boundary=" not in raw_type:
             return await reply(send, 400, "a multipart/form-data body needs a boundary in its Content-Type")
-        if (scope["path"], scope["method"]) == (octets.ROUTE, "POST") and kind == octets.CONTENT_TYPE:
-            try:
-                response = JSONResponse(await octets.classify_octets(body))
-            except (InvalidInput, Overloaded) as err:
-                response = error_response(err)
-            return await response(scope, receive, send)
+        if (scope["path"], scope["method"]) == (direct.ROUTE, "POST"):
+            if response := await direct.classify(body, kind):
+                return await response(scope, receive, send)
         field = UPLOAD_ROUTES.get(scope["path"])
         if field and scope["method"] == "POST" and (problem := await form_problem(scope, body, field)):
             return await reply(send, 400, problem)

@@ -4,7 +4,7 @@ answers (an ASGI middleware that rewrites it as it leaves).
 What BentoML 1.4 writes needs four fixes: its own types `"type": "file"` (the upload) and
 `"type": "tensor"` (the images; BentoML's clients read these from /schema.json, which stays as it is)
 are not OpenAPI types; the images' shape, range and count are not said; none of our error answers is
-documented; and it cannot know the raw float32 form of /classify (serving/octets.py).
+documented; and it cannot know the raw float32 form of /classify (serving/direct.py).
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from serving.answers import error_response
 from serving.preprocess import preprocess
-from serving.limits import error_response
 from serving.runtime import Explanation, InvalidInput
 
 PAGE = Path(__file__).with_name("static") / "index.html"

@@ -1,9 +1,10 @@
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from serving.batching import MicroBatcher, Overloaded
+from serving.batching import BATCHERS, MicroBatcher, Overloaded, batcher_kind_from_env
 from serving.runtime import CapsNetRuntime
 from training.data import load_split
 
@@ -26,6 +27,57 @@ def test_concurrent_requests_share_runs_and_each_gets_its_rows(runtime, mnist_ro
     assert sum(batcher.batch_sizes) == 120
     assert max(batcher.batch_sizes) > 3 and max(batcher.batch_sizes) <= 64  # merged, never over the cap
     assert len(batcher.batch_sizes) < 40
+
+
+@pytest.mark.parametrize("kind", sorted(BATCHERS))
+def test_awaited_requests_share_runs_and_each_gets_its_rows(runtime, mnist_root, kind):
+    """What the service does: the requests await the batcher on one event loop (ours, or BentoML's dispatcher)."""
+    x = load_split("test", mnist_root, 120)[0].numpy()
+    direct = runtime.predict(x)
+    batcher = BATCHERS[kind](runtime, 16)
+
+    async def send_all():
+        return await asyncio.gather(*(batcher.predict_async(x[i:i + 3]) for i in range(0, 120, 3)))
+
+    answers = asyncio.run(send_all())
+    assert np.array_equal(np.concatenate([a.labels for a in answers]), direct.labels)
+    assert np.allclose(np.concatenate([a.lengths for a in answers]), direct.lengths, atol=1e-5)
+    assert np.allclose(np.concatenate([a.reconstructions for a in answers]), direct.reconstructions, atol=1e-5)
+    assert sum(batcher.batch_sizes) == 120 and max(batcher.batch_sizes) > 3 and max(batcher.batch_sizes) <= 16
+
+
+def test_bentomls_dispatcher_splits_a_request_over_the_cap_and_joins_its_rows(runtime, mnist_root):
+    x = load_split("test", mnist_root, 20)[0].numpy()
+    batcher = BATCHERS["bentoml"](runtime, 8)
+    answer = asyncio.run(batcher.predict_async(x))
+    assert np.array_equal(answer.labels, runtime.predict(x).labels)
+    assert max(batcher.batch_sizes) <= 8 and sum(batcher.batch_sizes) == 20
+
+
+def test_a_request_cancelled_while_it_waits_never_runs(runtime):
+    batcher = MicroBatcher(runtime)
+    big = np.random.default_rng(0).random((256, 1, 28, 28), dtype=np.float32)
+
+    async def scenario():
+        busy = asyncio.ensure_future(batcher.predict_async(big))  # occupies the batcher's thread
+        await asyncio.sleep(0.05)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(batcher.predict_async(big[:5]), 0.01)  # its client gave up
+        await busy
+        return await batcher.predict_async(big[:3])
+
+    assert asyncio.run(scenario()).labels.shape == (3,)
+    assert batcher.batch_sizes == [256, 3]
+
+
+def test_the_batcher_is_a_setting(monkeypatch):
+    monkeypatch.delenv("CAPSNET_BATCHER", raising=False)
+    assert batcher_kind_from_env() == "ours"
+    monkeypatch.setenv("CAPSNET_BATCHER", "bentoml")
+    assert batcher_kind_from_env() == "bentoml"
+    monkeypatch.setenv("CAPSNET_BATCHER", "fastest")
+    with pytest.raises(ValueError, match="CAPSNET_BATCHER must be one of"):
+        batcher_kind_from_env()
 
 
 def test_a_lone_request_runs_at_once_alone(runtime, mnist_root):
