@@ -41,6 +41,7 @@ from typing import Iterator
 import numpy as np
 import psutil
 
+from loadtest.flame import self_time_by_package
 from loadtest.server import free_port, wait_ready
 from mnist import DEFAULT_ROOT, read_split
 from serving.batching import BATCHERS
@@ -160,17 +161,28 @@ def wrk(url: str, script: Path, client_cores: set[int], connections: int, second
 
 def profile(pid: int, url: str, script: Path, client_cores: set[int], connections: int, seconds: float,
             svg: Path) -> None:
-    """A py-spy flame graph of the process tree `pid` while wrk sends `script`'s body for `seconds`."""
+    """A py-spy flame graph of the process tree `pid` while wrk sends `script`'s body for `seconds`, with the
+    self time by package (loadtest/flame.py) printed."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     pin = ["taskset", "-c", ",".join(map(str, sorted(client_cores)))]
     recorder = subprocess.Popen(pin + [spy, "record", "--pid", str(pid), "--subprocesses", "--rate", "200", "--gil",
-                                       "--duration", str(int(seconds)), "--format", "flamegraph", "--output",
-                                       str(svg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                       "--full-filenames", "--duration", str(int(seconds)), "--format", "flamegraph",
+                                       "--output", str(svg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wrk(url, script, client_cores, connections, seconds + 2)
     _, err = recorder.communicate(timeout=seconds + 120)
     if recorder.returncode != 0:
         raise RuntimeError(f"py-spy failed: {err.strip()[-500:]}")
-    print(f"wrote {svg}", file=sys.stderr)
+    svg.write_text(relative_paths(svg.read_text(), f"{Path.cwd()}/"))
+    shares = self_time_by_package(svg.read_text())
+    print(f"wrote {svg}; self time by package: " + ", ".join(f"{k} {v}%" for k, v in list(shares.items())[:10]),
+          file=sys.stderr)
+
+
+def relative_paths(svg: str, root: str) -> str:
+    """A flame graph's file names relative to the repository (as committed): `root` cut from the frames' titles,
+    and from the labels py-spy cut short while they still held it ("(/srv/re.." becomes "(..")."""
+    svg = svg.replace(root, "")
+    return re.sub(r"\((/[^()<]*)\.\.<", lambda m: "(..<" if root.startswith(m.group(1)) else m.group(0), svg)
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -223,8 +235,8 @@ def measure(args: argparse.Namespace) -> dict:
     model_rate = sum(model_rates) / len(model_rates)
     for row in rows:
         row["share_of_in_process"] = round(row["images_per_s"] / model_rate, 3)
-        print(f"{row['server']:9} {row['body']:22} {row['requests_per_s']:8.1f} req/s  {row['share_of_in_process']:6.1%}"
-              f"  {row['cpu_ms_per_request']:5.2f} ms CPU/request", file=sys.stderr)
+        print(f"{row['server']:9} {row['body']:22} {row['requests_per_s']:8.1f} req/s"
+              f"  {row['share_of_in_process']:6.1%}  {row['cpu_ms_per_request']:5.2f} ms CPU/request", file=sys.stderr)
     return {"in_process_images_per_s": round(model_rate, 1), "in_process_batch": best_batch,
             "in_process_samples": [round(r, 1) for r in model_rates], "variant": args.variant,
             "workers": args.workers, "service_cores": args.service_cores, "client_cores": args.client_cores,
@@ -253,8 +265,8 @@ def markdown(report: dict) -> str:
              f" Servers on cores {report['service_cores']} ({report['workers']} service worker(s)),"
              f" wrk on {report['client_cores']}, {report['connections']} connections,"
              f" {report['seconds']:g} s per body and server in {report['rounds']} turns.", "",
-             "| server | body | req/s | images/s | of in-process | of the baseline | server CPU per request | p50 | p99 |"
-             " non-2xx | wrk's CPU |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| server | body | req/s | images/s | of in-process | of the baseline | server CPU per request | p50 |"
+             " p99 | non-2xx | wrk's CPU |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     baseline = {r["body"]: r["images_per_s"] for r in report["rows"] if r["server"] == "reference"}
     for r in report["rows"]:
         versus = f"{r['images_per_s'] / baseline[r['body']]:.0%}" if baseline.get(r["body"]) else "-"
@@ -283,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/pinned"), help="where the report goes")
     p.add_argument("--workers", type=int, default=1, help="the service's CAPSNET_WORKERS (threads: cores / workers)")
     p.add_argument("--batchers", type=batchers, default="ours",
-                   help="the service's batchers to measure, comma-separated: ours, bentoml (BentoML's adaptive batching)")
+                   help="the service's batchers to measure, comma-separated: ours, bentoml (BentoML's adaptive"
+                        " batching)")
     p.add_argument("--share-cores", action="store_true",
                    help="let the server and wrk share cores (to measure workers on all cores; wrk's CPU is reported)")
     p.add_argument("--profile", type=float, default=0, metavar="SECONDS",

@@ -4,7 +4,10 @@ One worker thread owns the session's runs. It takes the oldest waiting request, 
 request already waiting while the batch stays within max_batch images (the size the model runs fastest
 at: the runtime's merge_cap; a larger single request runs alone), runs them as one batch and hands
 each request its rows. Nothing waits on a timer: at low load a request runs alone at once; under load, requests pile
-up while a batch runs and form the next one.
+up while a batch runs and form the next one. The service awaits it on its event loop (predict_async).
+
+CAPSNET_BATCHER=bentoml swaps in BentoML's own adaptive batching (CorkBatcher) to compare the two:
+BENCHMARKS.md has the measurements, and why this one stays the default.
 
 Overload over HTTP is BentoML's: past MAX_CONCURRENCY requests in the service it answers 429 at once.
 The queue holds at most as many, so over HTTP it never fills; its Overloaded (503) guards in-process

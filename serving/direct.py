@@ -15,10 +15,9 @@ whose answers and errors stay as they are. The answer is /classify's JSON either
 
 from __future__ import annotations
 
-import json
-
 import bentoml
 import numpy as np
+import orjson
 from starlette.responses import JSONResponse
 
 from serving.answers import answer, error_response
@@ -38,9 +37,9 @@ def images_from(body: bytes, media_type: str) -> np.ndarray | None:
     if media_type not in JSON_TYPES:
         return None
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):  # BentoML's parser says what is wrong with it
-        return None
+        data = orjson.loads(body)  # about 4x faster than json.loads on a digit (BENCHMARKS.md)
+    except orjson.JSONDecodeError:  # BentoML's parser says what is wrong with it (orjson also refuses NaN, which
+        return None  # BentoML reads, and which the API then answers with validate_images' reason)
     if not isinstance(data, dict) or data.keys() != {"images"}:
         return None
     return validate_images(data["images"])

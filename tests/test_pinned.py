@@ -30,3 +30,39 @@ def test_pinned_measurement_reports_the_service_beside_the_baseline(tmp_path, mn
         assert row["cpu_ms_per_request"] > 0 and 0 < row["share_of_in_process"] < 2
         assert row["p50_ms"] <= row["p99_ms"]
     assert (tmp_path / "pinned.md").read_text().strip() in run.stdout
+
+
+def frame(title: str, y: int, x: int, w: int) -> str:
+    return f'<g><title>{title}</title><rect x="0%" y="{y}" width="1%" height="15" fill="red" fg:x="{x}" fg:w="{w}"/></g>'
+
+
+def test_self_time_is_each_frames_samples_less_its_callees_by_package():
+    from loadtest.flame import self_time_by_package
+
+    svg = "".join(['<svg total_samples="20">',
+                   frame("main (.venv/lib/python3.11/site-packages/uvicorn/server.py:1) (16 samples, 80%)", 84, 0, 16),
+                   frame("classify (serving/direct.py:9) (10 samples, 50%)", 100, 0, 10),
+                   frame("loads (/usr/lib/python3.11/json/__init__.py:3) (4 samples, 20%)", 116, 2, 4),
+                   frame("next_event (.venv/lib/python3.11/site-packages/h11/_connection.py:5) (5 samples, 25%)",
+                         100, 11, 5), "</svg>"])
+    assert self_time_by_package(svg) == {"serving": 30.0, "h11": 25.0, "python: json": 20.0, "(outside Python)": 20.0,
+                                         "uvicorn": 5.0}
+
+
+def test_the_committed_profiles_add_up():
+    from loadtest.flame import self_time_by_package
+
+    for name in ("json", "raw"):
+        shares = self_time_by_package((ROOT / f"docs/benchmarks/flame-1-{name}-after.svg").read_text())
+        assert abs(sum(shares.values()) - 100) < 0.5
+        assert shares["serving"] > 1 and shares["h11"] > 5
+        assert shares.get("opentelemetry", 0) < 3  # tracing off: only its URL check is left (12-31% in the before ones)
+
+
+def test_flame_graphs_name_no_path_outside_the_repository():
+    from loadtest.pinned import relative_paths
+
+    svg = ('<title>classify (/srv/repo/serving/direct.py:9) (10 samples)</title><text>classify (/srv/re..</text>'
+           '<text>run (/usr/li..</text>')
+    assert relative_paths(svg, "/srv/repo/") == ('<title>classify (serving/direct.py:9) (10 samples)</title>'
+                                                 '<text>classify (..</text><text>run (/usr/li..</text>')
