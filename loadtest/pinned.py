@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -42,7 +41,7 @@ import numpy as np
 import psutil
 
 from loadtest.flame import self_time_by_package
-from loadtest.server import free_port, wait_ready
+from loadtest.server import children_cpu_seconds, free_port, wait_ready
 from mnist import DEFAULT_ROOT, read_split
 from serving.batching import BATCHERS
 from serving.runtime import CapsNetRuntime, read_metadata
@@ -130,11 +129,6 @@ def cpu_seconds(pid: int) -> float:
         except psutil.NoSuchProcess:
             pass
     return total
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def wrk(url: str, script: Path, client_cores: set[int], connections: int, seconds: float) -> dict:

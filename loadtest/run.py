@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest.server import running_service
+from loadtest.server import children_cpu_seconds, running_service
 from serving.runtime import MAX_BATCH, VARIANTS, CapsNetRuntime
 from mnist import DEFAULT_ROOT, read_split
 
@@ -35,6 +35,7 @@ def prepare_digits(path: Path, runtime: CapsNetRuntime, count: int, data_root: P
 
 
 IN_PROCESS_BATCHES = (1, 8, 16, 32, 64, 256)
+LOCUST_BUSY = 0.9  # of a core per Locust process: at or above it, Locust may be what limits the rate
 
 
 def in_process_images_per_s(runtime: CapsNetRuntime, images: np.ndarray, seconds: float = 1.5) -> dict[int, float]:
@@ -64,23 +65,27 @@ def read_stats(stats_csv: Path) -> dict:
     }
 
 
-def swarm(url: str, users: int, duration: int, out: Path, env: dict[str, str]) -> dict:
-    """One bounded headless Locust run; returns its aggregated stats."""
+def swarm(url: str, users: int, duration: int, out: Path, env: dict[str, str], processes: int = 1) -> dict:
+    """One bounded headless Locust run (in `processes` processes: Locust's --processes); returns its aggregated
+    stats and the CPU Locust itself took, in cores (its processes' CPU time over the step's duration)."""
     prefix = out / f"locust-u{users}"
+    cpu_before = children_cpu_seconds()
     run = subprocess.run(
         [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", url,
          "-u", str(users), "-r", str(users), "-t", f"{duration}s", "--csv", str(prefix),
          "--html", str(out / f"report-u{users}.html"), "--only-summary", "--stop-timeout", "10",
-         "--exit-code-on-error", "0"],
+         "--exit-code-on-error", "0", *(["--processes", str(processes)] if processes > 1 else [])],
         env={**os.environ, **env}, capture_output=True, text=True, timeout=duration + 120,
     )
+    locust_cores = (children_cpu_seconds() - cpu_before) / duration
     stats_csv = Path(f"{prefix}_stats.csv")
     if not stats_csv.exists():
         raise RuntimeError(f"Locust wrote no stats: {run.stdout[-2000:]} {run.stderr[-2000:]}")
     stats = read_stats(stats_csv)
     images = int(env["CAPSNET_LOAD_IMAGES"])
     return {"users": users, "duration_s": duration, **stats,
-            "images_per_s": round(stats["requests_per_s"] * images, 1)}
+            "images_per_s": round(stats["requests_per_s"] * images, 1), "locust_processes": processes,
+            "locust_cpu_cores": round(locust_cores, 2)}
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -129,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=Path("models/capsnet-mnist.onnx"), help="fp32 ONNX model to serve")
     p.add_argument("--variant", choices=["auto", *VARIANTS], default="auto",
                    help="model variant (CAPSNET_VARIANT); auto: int8 on the CPU if it met its accuracy bar")
+    p.add_argument("--locust-processes", type=int, default=1,
+                   help="Locust processes (its --processes), for when one Locust process is the bottleneck")
     p.add_argument("--port", type=int, default=None, help="service port (default: a free loopback port)")
     p.add_argument("--out", type=Path, default=Path("runs/loadtest"), help="report folder")
     p.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="MNIST root folder")
@@ -153,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     with running_service(args.port, env=env, log=args.out / "service.log") as service:
         for users in args.users:
             print(f"{service.url}: {users} users for {args.duration} s", file=sys.stderr)
-            steps.append(swarm(service.url, users, args.duration, args.out, env))
+            steps.append(swarm(service.url, users, args.duration, args.out, env, args.locust_processes))
             print(json.dumps(steps[-1]), file=sys.stderr)
     # measured again after the sweep; the better of the two runs is the reference (the machine is shared)
     after = in_process_images_per_s(runtime, images)
@@ -183,10 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(summary, args.out / "loadtest.png")
     print(f"\n{variant} model, {args.images_per_request} images per request as {args.body}")
-    print(f"{'users':>6} {'req/s':>8} {'images/s':>9} {'p50':>6} {'p95':>6} {'p99':>6} {'fails':>6} {'of in-process':>14}")
+    print(f"{'users':>6} {'req/s':>8} {'images/s':>9} {'p50':>6} {'p95':>6} {'p99':>6} {'fails':>6}"
+          f" {'of in-process':>14} {'Locust CPU':>11}")
     for s in steps:
         print(f"{s['users']:>6} {s['requests_per_s']:>8.1f} {s['images_per_s']:>9.1f} {s['p50_ms']:>6.0f} "
-              f"{s['p95_ms']:>6.0f} {s['p99_ms']:>6.0f} {s['failures']:>6} {s['fraction_of_in_process']:>14.0%}")
+              f"{s['p95_ms']:>6.0f} {s['p99_ms']:>6.0f} {s['failures']:>6} {s['fraction_of_in_process']:>14.0%}"
+              f" {s['locust_cpu_cores']:>11.2f}")
+    busy = [s["users"] for s in steps if s["locust_cpu_cores"] / s["locust_processes"] >= LOCUST_BUSY]
+    if busy:
+        print(f"Locust used {LOCUST_BUSY:.0%} or more of a core per process at {busy} users: it may have been the"
+              f" bottleneck there; rerun with --locust-processes {2 * args.locust_processes}", file=sys.stderr)
     print(f"in-process ONNX Runtime ({variant}): best {in_process:.0f} images/s (batch sizes {rates}); "
           f"report in {args.out}")
     if problems:

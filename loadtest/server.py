@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -17,6 +18,12 @@ from typing import Iterator
 
 SERVICE = "serving.service:CapsNet"
 HOST = "127.0.0.1"
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU time of this process's finished children (wrk, Locust) so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def free_port() -> int:

@@ -70,6 +70,22 @@ def test_a_request_cancelled_while_it_waits_never_runs(runtime):
     assert batcher.batch_sizes == [256, 3]
 
 
+def test_on_off_settings_read_from_the_environment(monkeypatch):
+    from serving.service import flag_from_env, metrics_from_env, tracing_from_env
+
+    for raw, expected in [("1", True), ("yes", True), ("ON", True), ("0", False), ("off", False), ("no", False)]:
+        monkeypatch.setenv("CAPSNET_SOME_FLAG", raw)
+        assert flag_from_env("CAPSNET_SOME_FLAG", not expected) is expected
+    monkeypatch.delenv("CAPSNET_SOME_FLAG")
+    assert flag_from_env("CAPSNET_SOME_FLAG", True) and not flag_from_env("CAPSNET_SOME_FLAG", False)
+    monkeypatch.delenv("CAPSNET_TRACING", raising=False)
+    monkeypatch.delenv("CAPSNET_METRICS", raising=False)
+    assert tracing_from_env() == {"excluded_urls": [".*"]} and metrics_from_env()  # the defaults
+    monkeypatch.setenv("CAPSNET_TRACING", "1")
+    monkeypatch.setenv("CAPSNET_METRICS", "0")
+    assert tracing_from_env() == {} and not metrics_from_env()
+
+
 def test_the_batcher_is_a_setting(monkeypatch):
     monkeypatch.delenv("CAPSNET_BATCHER", raising=False)
     assert batcher_kind_from_env() == "ours"

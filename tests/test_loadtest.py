@@ -35,11 +35,22 @@ def test_short_sweep_has_no_failures_and_reports_every_step(served_onnx, tmp_pat
         assert 0 < step["fraction_of_in_process"] == round(step["images_per_s"]
                                                            / summary["in_process_best_images_per_s"], 3)
         assert (out / f"report-u{step['users']}.html").stat().st_size > 1000
+        assert step["locust_processes"] == 1 and 0 < step["locust_cpu_cores"] < 1.5  # one process: at most a core
     assert summary["slo"]["checked"] and summary["slo"]["passed"]
     assert summary["variant"] == "int8" and summary["body"] == "octets" and summary["images_per_request"] == 4
     assert summary["in_process_best_images_per_s"] == max(summary["in_process_images_per_s"].values())
     assert (out / "loadtest.png").stat().st_size > 5000
     assert "of in-process" in run.stdout
+
+
+def test_locust_can_run_in_several_processes(served_onnx, tmp_path, mnist_root):
+    out = tmp_path / "lt"
+    run = run_loadtest(served_onnx, out, mnist_root, "--users", "4", "--duration", "5", "--slo-users", "4",
+                       "--slo-p99-ms", "5000", "--locust-processes", "2")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    [step] = json.loads((out / "summary.json").read_text())["steps"]
+    assert step["locust_processes"] == 2 and step["failures"] == 0 and step["requests"] > 10
+    assert step["locust_cpu_cores"] > 0
 
 
 def test_a_missed_slo_fails_the_command(served_onnx, tmp_path, mnist_root):

@@ -38,8 +38,34 @@ def test_cuda_without_a_working_provider_stops_make_serve_once(served_onnx):
     ({"CAPSNET_MODEL": "nowhere/capsnet.onnx"}, f"{ROOT}/nowhere/capsnet.onnx: no ONNX model here"),
     ({"CAPSNET_DEVICE": "tpu"}, "CAPSNET_DEVICE='tpu': expected one of auto, cpu, cuda"),
     ({"CAPSNET_VARIANT": "int4"}, "CAPSNET_VARIANT='int4': expected auto or one of fp32, int8, fp16"),
+    ({"CAPSNET_BATCHER": "fastest"}, "CAPSNET_BATCHER must be one of ours, bentoml; got 'fastest'"),
 ])
 def test_bentoml_serve_exits_1_with_the_reason(served_onnx, env, reason):
     run = serve(bentoml_serve(), {"CAPSNET_MODEL": str(served_onnx), "CAPSNET_DEVICE": "cpu", **env})
     assert run.returncode == 1
     assert (run.stdout + run.stderr).count(f"capsnet: cannot start: {reason}") == 1, run.stderr[-3000:]
+
+
+def test_the_service_settings_batcher_metrics_and_tracing(served_onnx, mnist_root):
+    """CAPSNET_BATCHER=bentoml serves the same answers through BentoML's batching; CAPSNET_METRICS=0 takes
+    /metrics away; CAPSNET_TRACING=1 keeps BentoML's tracing middleware, and the service still answers."""
+    import httpx
+    import numpy as np
+
+    from loadtest.server import running_service
+    from mnist import read_split
+    from serving.runtime import CapsNetRuntime
+
+    images, _ = read_split("test", mnist_root, 8)
+    expected = CapsNetRuntime(served_onnx, device="cpu", variant="int8").predict(images[:, None]).labels.tolist()
+    env = {"CAPSNET_MODEL": str(served_onnx), "CAPSNET_DEVICE": "cpu", "CAPSNET_VARIANT": "int8",
+           "CAPSNET_BATCHER": "bentoml", "CAPSNET_METRICS": "0", "CAPSNET_TRACING": "1"}
+    with running_service(env=env) as service, httpx.Client(base_url=service.url, timeout=60) as client:
+        as_json = client.post("/classify", json={"images": images.tolist()})
+        raw = client.post("/classify", content=images.astype("<f4").tobytes(),
+                          headers={"Content-Type": "application/octet-stream"})
+        assert as_json.status_code == raw.status_code == 200
+        assert as_json.json()["labels"] == raw.json()["labels"] == expected
+        assert np.allclose(as_json.json()["lengths"], raw.json()["lengths"], atol=1e-6)
+        assert client.get("/metrics").status_code == 404
+        assert client.get("/readyz").status_code == 200
