@@ -108,6 +108,7 @@ class CorkBatcher:
     It waits on a 1 ms timer while it decides whether to run now or let the batch grow. (A batchable API
     itself would also parse every body with BentoML's JSON path, take no raw float32, and answer a bare
     array instead of /classify's labels and lengths, so the service uses the dispatcher, not the decorator.)
+    The dispatcher is BentoML's internal class (`bentoml._internal`), which the pinned bentoml==1.4.40 holds.
     """
 
     def __init__(self, runtime: CapsNetRuntime, max_batch: int = MAX_BATCH, max_latency_ms: int = 60_000):
