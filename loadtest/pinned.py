@@ -166,8 +166,9 @@ def profile(pid: int, url: str, script: Path, client_cores: set[int], connection
     _, err = recorder.communicate(timeout=seconds + 120)
     if recorder.returncode != 0:
         raise RuntimeError(f"py-spy failed: {err.strip()[-500:]}")
-    svg.write_text(relative_paths(svg.read_text(), f"{Path.cwd()}/"))
-    shares = self_time_by_package(svg.read_text())
+    text = relative_paths(svg.read_text(), f"{Path.cwd()}/")
+    svg.write_text(text)
+    shares = self_time_by_package(text)
     print(f"wrote {svg}; self time by package: " + ", ".join(f"{k} {v}%" for k, v in list(shares.items())[:10]),
           file=sys.stderr)
 
