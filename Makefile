@@ -25,10 +25,10 @@ TRAIN_ARGS ?= $(QUICK_TRAIN_ARGS)
 PYTEST_ARGS ?=
 
 .PHONY: setup serve-setup publish-onnx web browser data train export serve loadtest loadtest-pinned build container container-gpu container-gpu-check container-run bench experiments \
-        test clean help
+        test test-quick clean help
 help:
 	@echo "make serve      set up, fetch MNIST, get a model, export + verify, serve on $(HOST):$(PORT)"
-	@echo "make test       run the test suite"
+	@echo "make test       run the test suite (make test-quick: the in-process part, for the inner loop)"
 	@echo "make container  the CPU image (Docker, else buildah), then make container-run serves it on $(HOST):$(PORT)"
 	@echo "make setup | data | train | export | loadtest | build | container-gpu | bench | experiments | clean"
 
@@ -120,8 +120,14 @@ bench: $(ONNX) | setup
 experiments: setup
 	$(PY) -m training.evaluate --out docs/experiments
 
+# The whole suite, with its 15 slowest tests listed at the end.
 test: setup
-	$(PY) -m pytest -rs $(PYTEST_ARGS)
+	$(PY) -m pytest -rs --durations=15 $(PYTEST_ARGS)
+
+# The inner loop: everything that runs in-process (the HTTP contract, hostile inputs, the runtime, the batcher,
+# settings, preprocessing, layout); no real process, training, export or full test set.
+test-quick: setup
+	$(PY) -m pytest -rs -m "not slow" --durations=5 $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs artifacts

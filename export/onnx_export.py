@@ -34,11 +34,14 @@ from mnist import DEFAULT_ROOT, read_split
 from training.model import CapsNet
 
 DEFAULT_OPSET = 18
-TOLERANCE = {"lengths": 1e-4, "reconstruction": 1e-3, "routing_map": 1e-4}
+# How far ONNX Runtime (and ONNX's reference evaluator) may be from PyTorch on the fp32 graph: about 10x what the
+# published weights measured (lengths 3.0e-7, reconstruction 6.7e-6, routing map 6.0e-8; models/*.verify.json)
+TOLERANCE = {"lengths": 3e-6, "reconstruction": 1e-4, "routing_map": 1e-6}
+DECODER_TOLERANCE = 1e-5  # the decoder alone against PyTorch's: 1.5e-6 measured on the published weights
 VERIFY_BATCH_SIZES = (1, 7, 256)
 # The variants' scores are held to accuracy bars (export/variants.py), their routing maps to these; measured on the
-# published weights: fp16 within 1e-5 of PyTorch (fp32's tolerance holds), int8 within 1.6e-3 (its lengths: 0.047)
-VARIANT_ROUTING_TOLERANCE = {"fp16": TOLERANCE["routing_map"], "int8": 1e-2}
+# published weights: fp16 within 9.3e-6 of PyTorch, int8 within 1.6e-3 (its lengths: 0.067)
+VARIANT_ROUTING_TOLERANCE = {"fp16": 1e-4, "int8": 1e-2}
 DECODER_VERIFY_DIGITS = 256
 
 
@@ -163,13 +166,13 @@ def verify_decoder(decoder_path: Path | str, model: CapsNet, images: np.ndarray)
     pose = poses[torch.arange(len(labels)), labels]
     moved = pose + 0.5 * (torch.rand(pose.shape, generator=torch.Generator().manual_seed(0)) - 0.5)
     session = cpu_session(decoder_path)
-    report: dict[str, Any] = {"digits": len(images), "tolerance": TOLERANCE["reconstruction"]}
+    report: dict[str, Any] = {"digits": len(images), "tolerance": DECODER_TOLERANCE}
     for name, p in (("winner_poses", pose), ("moved_poses", moved)):
         got = session.run([DECODER_OUTPUT], dict(zip(DECODER_INPUTS, (p.numpy(), labels.numpy()))))[0]
         report[f"max_abs_diff_{name}"] = float(np.abs(model.decode(p, labels).numpy() - got).max())
     failures = [f"decoder on {name}: max |d reconstruction| {report[f'max_abs_diff_{name}']:.2e}"
-                f" > {TOLERANCE['reconstruction']}" for name in ("winner_poses", "moved_poses")
-                if report[f"max_abs_diff_{name}"] > TOLERANCE["reconstruction"]]
+                f" > {DECODER_TOLERANCE}" for name in ("winner_poses", "moved_poses")
+                if report[f"max_abs_diff_{name}"] > DECODER_TOLERANCE]
     if failures:
         raise VerificationError("; ".join(failures))
     return report

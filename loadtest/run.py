@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from loadtest.server import children_cpu_seconds, running_service
-from serving.runtime import MAX_BATCH, VARIANTS, CapsNetRuntime
+from serving.inputs import MAX_BATCH
+from serving.runtime import CapsNetRuntime
+from serving.settings import VARIANTS
 from mnist import DEFAULT_ROOT, read_split
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -129,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--body", choices=["octets", "json"], default="octets",
                    help="request body: raw float32 (application/octet-stream) or JSON")
     p.add_argument("--digits", type=int, default=512, help="distinct MNIST test digits to send")
+    p.add_argument("--in-process-seconds", type=float, default=1.5,
+                   help="seconds per batch size of the in-process ONNX Runtime measurement, before and after the sweep")
     p.add_argument("--slo-p99-ms", type=float, default=250, help="p99 latency bound, checked at --slo-users")
     p.add_argument("--slo-users", type=int, default=16, help="user count at which the p99 SLO is checked")
     p.add_argument("--model", type=Path, default=Path("models/capsnet-mnist.onnx"), help="fp32 ONNX model to serve")
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     digits = args.out / "digits.npz"
     prepare_digits(digits, runtime, args.digits, args.data)
     images = np.load(digits)["images"][:, None]
-    before = in_process_images_per_s(runtime, images)
+    before = in_process_images_per_s(runtime, images, args.in_process_seconds)
     print(f"in-process ONNX Runtime ({variant}), images/s by batch size: {before}", file=sys.stderr)
     env = {"CAPSNET_MODEL": str(args.model.resolve()), "CAPSNET_DIGITS": str(digits.resolve()),
            "CAPSNET_DEVICE": "cpu", "CAPSNET_VARIANT": variant,
@@ -163,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             steps.append(swarm(service.url, users, args.duration, args.out, env, args.locust_processes))
             print(json.dumps(steps[-1]), file=sys.stderr)
     # measured again after the sweep; the better of the two runs is the reference (the machine is shared)
-    after = in_process_images_per_s(runtime, images)
+    after = in_process_images_per_s(runtime, images, args.in_process_seconds)
     del runtime
     rates = {b: max(before[b], after[b]) for b in before}
     in_process = max(rates.values())
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         "in_process_images_per_s": rates, "in_process_before_after": [before, after],
         "in_process_best_images_per_s": in_process, "steps": steps,
         "best_fraction_of_in_process": max(s["fraction_of_in_process"] for s in steps),
-        "slo": {"failures": 0, "p99_ms": args.slo_p99_ms, "at_users": args.slo_users,
+        "slo": {"failures": failures, "p99_ms": args.slo_p99_ms, "at_users": args.slo_users,
                 "checked": slo_step is not None, "passed": not problems},
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

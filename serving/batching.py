@@ -17,7 +17,6 @@ callers that bypass BentoML.
 from __future__ import annotations
 
 import asyncio
-import os
 import queue
 import threading
 import typing as t
@@ -26,7 +25,9 @@ from concurrent.futures import Future
 import anyio
 import numpy as np
 
-from serving.runtime import IMAGE_SIZE, MAX_BATCH, CapsNetRuntime, Prediction
+from serving.inputs import IMAGE_SIZE, MAX_BATCH
+from serving.runtime import CapsNetRuntime, Prediction
+from serving.settings import BATCHERS as BATCHER_NAMES
 
 PIXELS = IMAGE_SIZE * IMAGE_SIZE
 
@@ -138,17 +139,10 @@ class CorkBatcher:
         return Prediction(lengths.argmax(1), lengths, packed[:, :PIXELS].reshape(-1, IMAGE_SIZE, IMAGE_SIZE))
 
 
-BATCHERS = {"ours": MicroBatcher, "bentoml": CorkBatcher}
+Batcher = MicroBatcher | CorkBatcher
+BATCHERS: dict[str, type[Batcher]] = dict(zip(BATCHER_NAMES, (MicroBatcher, CorkBatcher)))  # CAPSNET_BATCHER
 
 
-def batcher_kind_from_env() -> str:
-    """CAPSNET_BATCHER: `ours` (MicroBatcher, the default) or `bentoml` (CorkBatcher); else ValueError."""
-    name = os.environ.get("CAPSNET_BATCHER", "").strip() or "ours"
-    if name not in BATCHERS:
-        raise ValueError(f"CAPSNET_BATCHER must be one of {', '.join(BATCHERS)}; got {name!r}")
-    return name
-
-
-def batcher_from_env(runtime: CapsNetRuntime) -> MicroBatcher | CorkBatcher:
-    """The batcher CAPSNET_BATCHER names; merged batches stop at the runtime's merge_cap."""
-    return BATCHERS[batcher_kind_from_env()](runtime, runtime.merge_cap)
+def make_batcher(kind: str, runtime: CapsNetRuntime) -> Batcher:
+    """The batcher CAPSNET_BATCHER names (ours or bentoml); merged batches stop at the runtime's merge_cap."""
+    return BATCHERS[kind](runtime, runtime.merge_cap)

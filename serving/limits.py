@@ -1,11 +1,10 @@
-"""The ASGI middleware in front of the service: body size limit (413), upload form check (400), and
-/classify's common bodies answered before BentoML's API layer (serving/direct.py).
+"""The ASGI middleware in front of the service: what must happen before any body is parsed.
 
 Bodies over MAX_BODY_BYTES are refused from their Content-Length, or as soon as a chunked body
 grows past it; the rest of such a body (up to DRAIN_LIMIT in all) is read and dropped before the 413,
 so that a client that sends its whole body before reading gets the answer, not a reset connection.
-Uploads to the image route are parsed here first, so that a form without exactly one file field
-`image` gets a 400 with a reason instead of reaching the framework's form parsing.
+A Content-Length that is not a number, and a multipart body without a boundary, get a 400. No route's
+logic is here: the body read within the limit is passed on as it came.
 """
 
 from __future__ import annotations
@@ -13,14 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any, Awaitable, Callable
 
-from starlette.datastructures import UploadFile
-from starlette.requests import Request
-
-from serving import direct
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # 256 images as JSON fit in about 4 MB; uploads are capped at 10 MB
 DRAIN_LIMIT = 4 * MAX_BODY_BYTES  # an over-limit body up to this size is read to its end before the 413
-UPLOAD_ROUTES = {"/classify_image": "image"}  # route -> its one file field
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -45,33 +39,26 @@ async def refuse_too_large(receive: Receive, send: Send, max_bytes: int, read: i
         read += len(message.get("body", b""))
         if not message.get("more_body", False):
             break
-    await reply(send, 413, f"request body over {max_bytes:,} bytes")
+    await reply(send, 413, f"request body over {max_bytes:,} bytes")  # the same answer as a whole body's
 
 
-async def form_problem(scope: Scope, body: bytes, field: str) -> str | None:
-    """What is wrong with an upload form, or None."""
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    request = Request(scope, receive)
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        return f"send the image as multipart/form-data with the file in field '{field}'"
-    try:
-        form = await request.form(max_files=1, max_fields=4)
-    except Exception as err:  # noqa: BLE001 - any parse failure is the client's malformed form
-        return f"malformed multipart body: {err}"
-    try:
-        keys = list(form.keys())
-        if keys != [field] or not isinstance(form[field], UploadFile):
-            return f"expected one file field '{field}', got fields {keys}"
-    finally:
-        await form.close()
-    return None
-
-
-def content_type(raw: bytes) -> str:
+def media_type(raw: str) -> str:
     """A Content-Type header's media type, without its parameters."""
-    return raw.decode("latin-1").split(";")[0].strip().lower()
+    return raw.split(";")[0].strip().lower()
+
+
+def replayed(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives the already-read body first, then whatever the connection says next."""
+    given = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 class RequestGate:
@@ -97,28 +84,14 @@ class RequestGate:
                 return
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.max_bytes and not more:  # all of it is here: nothing left to drain
+                return await reply(send, 413, f"request body over {self.max_bytes:,} bytes")
             if size > self.max_bytes:
                 return await refuse_too_large(receive, send, self.max_bytes, size, declared)
-            if not message.get("more_body", False):
+            if not more:
                 break
-        body = b"".join(chunks)
-        raw_type = headers.get(b"content-type", b"")
-        kind = content_type(raw_type)
-        if kind == "multipart/form-data" and b"boundary=" not in raw_type:
+        raw_type = headers.get(b"content-type", b"").decode("latin-1")
+        if media_type(raw_type) == "multipart/form-data" and "boundary=" not in raw_type:
             return await reply(send, 400, "a multipart/form-data body needs a boundary in its Content-Type")
-        if (scope["path"], scope["method"]) == (direct.ROUTE, "POST"):
-            if response := await direct.classify(body, kind):
-                return await response(scope, receive, send)
-        field = UPLOAD_ROUTES.get(scope["path"])
-        if field and scope["method"] == "POST" and (problem := await form_problem(scope, body, field)):
-            return await reply(send, 400, problem)
-        replayed = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replayed(b"".join(chunks), receive), send)

@@ -4,7 +4,7 @@ answers (an ASGI middleware that rewrites it as it leaves).
 What BentoML 1.4 writes needs four fixes: its own types `"type": "file"` (the upload) and
 `"type": "tensor"` (the images; BentoML's clients read these from /schema.json, which stays as it is)
 are not OpenAPI types; the images' shape, range and count are not said; none of our error answers is
-documented; and it cannot know the raw float32 form of /classify (serving/direct.py).
+documented; and it cannot know the raw float32 form of /classify (serving/routes.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from serving.limits import Receive, Scope, Send
-from serving.runtime import IMAGE_SIZE, MAX_BATCH, MAX_EXPLAIN
+from serving.inputs import IMAGE_SIZE, MAX_BATCH, MAX_EXPLAIN
 
 ROUTE = "/docs.json"
 PIXEL = {"type": "number", "minimum": 0, "maximum": 1}

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from serving.runtime import IMAGE_SIZE, InvalidInput, TooLarge
+from serving.inputs import IMAGE_SIZE, InvalidInput, TooLarge
 
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 MAX_BYTES = 10 * 1024 * 1024  # an upload over this is refused (413)

@@ -1,26 +1,16 @@
-"""ONNX Runtime inference for the exported CapsNet: session, device choice, input checks.
+"""ONNX Runtime inference for the exported CapsNet: the session, the device, the variant choice, predict.
 
 Plain Python (numpy + onnxruntime), no BentoML and never torch, so it is testable on its own and
 the Bento stays small. It imports nothing from export/: the ONNX file is the contract. The input
 name comes from the session, the outputs it needs are checked at start-up, and the variants are
-the files that the fp32 graph's `variants` metadata names. Environment:
-    CAPSNET_MODEL    path of the fp32 ONNX file     (default models/capsnet-mnist.onnx; a relative path is taken from
-                     the folder that holds serving/, the repository or a Bento's src/)
-    CAPSNET_DEVICE   auto | cpu | cuda              (default auto: CUDA when it starts, else the CPU, said in
-                     the log and /metadata; cuda never falls back: it stops the service)
-    CAPSNET_VARIANT  auto | fp32 | int8 | fp16      (default auto: int8 on the CPU, fp16 on CUDA, each only
-                     if it was made from the same weights as the fp32 file and met its accuracy bar, else fp32)
-    CAPSNET_WORKERS  service worker processes, each with its own session and batcher (default: one per two
-                     usable cores, at least 1)
-    CAPSNET_THREADS  ORT intra-op threads per worker, 0 = ORT's choice (default: the usable cores divided among
-                     the workers; 0 with one worker)
+the files that the fp32 graph's `variants` metadata names. Which file, device and variant to serve
+come from the caller (the service reads them once, serving/settings.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,14 +18,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-PROJECT = Path(__file__).resolve().parent.parent  # the folder that holds serving/: the repo, or a Bento's src/
-DEFAULT_MODEL = Path("models/capsnet-mnist.onnx")  # the published, verified file
-DEVICES = ("auto", "cpu", "cuda")
-VARIANTS = ("fp32", "int8", "fp16")
+from serving.inputs import IMAGE_SIZE, MAX_BATCH
+from serving.settings import VARIANTS, check_device, check_variant
+
 PREFERRED_VARIANT = {"cpu": "int8", "cuda": "fp16"}
-MAX_BATCH = 256  # images per request
-MAX_EXPLAIN = 16  # images per /explain request
-IMAGE_SIZE = 28
 # the outputs the service reads, checked at start-up
 LENGTHS, POSES, RECONSTRUCTION, ROUTING_MAP, ROUTING_TYPES = (
     "lengths", "poses", "reconstruction", "routing_map", "routing_types")
@@ -44,24 +30,12 @@ NEEDED_OUTPUTS = {LENGTHS, POSES, RECONSTRUCTION, ROUTING_MAP, ROUTING_TYPES}
 log = logging.getLogger("capsnet")
 
 
-class InvalidInput(ValueError):
-    """The request's images are malformed; the message says how (HTTP 400)."""
-
-
-class TooLarge(InvalidInput):
-    """The request is over a size limit (HTTP 413)."""
-
-
 class DeviceError(RuntimeError):
     """The requested execution device cannot be used."""
 
 
 class ModelError(RuntimeError):
     """The ONNX file is not the graph this service can serve."""
-
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, "").strip() or default
 
 
 def _gpu_present() -> bool:
@@ -73,45 +47,9 @@ def require_file(model_path: Path) -> None:
         raise FileNotFoundError(f"{model_path}: no ONNX model here (run `make export`, or set CAPSNET_MODEL)")
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (taskset and cgroup cpusets included)."""
-    return len(os.sched_getaffinity(0))
-
-
-def _positive(name: str, raw: str) -> int:
-    if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"{name}={raw!r}: expected a whole number of 1 or more")
-    return int(raw)
-
-
-def workers_from_env() -> int:
-    """CAPSNET_WORKERS, else one worker per two usable cores (at least one)."""
-    raw = _env("CAPSNET_WORKERS", "")
-    return _positive("CAPSNET_WORKERS", raw) if raw else max(1, usable_cores() // 2)
-
-
-def threads_from_env() -> int:
-    """CAPSNET_THREADS, else the usable cores divided among the workers, so that they do not oversubscribe the
-    cores (0, ONNX Runtime's own choice, with one worker)."""
-    raw = _env("CAPSNET_THREADS", "")
-    if raw:
-        if raw == "0":
-            return 0
-        return _positive("CAPSNET_THREADS", raw)
-    workers = workers_from_env()
-    return 0 if workers == 1 else max(1, usable_cores() // workers)
-
-
-def model_from_env() -> Path:
-    """CAPSNET_MODEL, a relative path taken from PROJECT: `bentoml serve` runs the start-up check in the
-    caller's folder but the workers in the Bento's src/, and both must open the same file."""
-    return PROJECT / _env("CAPSNET_MODEL", str(DEFAULT_MODEL))
-
-
 def wants_cuda(device: str) -> bool:
-    """Whether `device` means trying the CUDA provider; raises DeviceError for an unknown name."""
-    if device not in DEVICES:
-        raise DeviceError(f"CAPSNET_DEVICE={device!r}: expected one of {', '.join(DEVICES)}")
+    """Whether `device` means trying the CUDA provider; raises SettingsError for an unknown name."""
+    check_device(device)
     return device == "cuda" or (device == "auto" and _gpu_present()
                                 and "CUDAExecutionProvider" in ort.get_available_providers())
 
@@ -195,8 +133,7 @@ def open_variant(fp32_path: Path, variant: str = "auto", device: str = "auto", t
     not start means the CPU and the CPU's variant, also said in `warnings`. An explicit variant
     that is missing or made from other weights raises FileNotFoundError or ModelError.
     """
-    if variant not in ("auto", *VARIANTS):
-        raise ValueError(f"CAPSNET_VARIANT={variant!r}: expected auto or one of {', '.join(VARIANTS)}")
+    check_variant(variant)
     fp32_meta = read_metadata(fp32_path)
     listed = _listed_variants(fp32_path, fp32_meta)
     warnings: list[str] = []
@@ -237,59 +174,11 @@ def _finish(choice: Choice, warnings: list[str]) -> Choice:
     return choice
 
 
-def validate_images(images: Any, max_batch: int = MAX_BATCH) -> np.ndarray:
-    """A JSON array of N 28x28 (or 1x28x28) images in [0, 1] -> float32 (N, 1, 28, 28); else InvalidInput."""
-    if not isinstance(images, list):
-        raise InvalidInput(f"'images' must be an array of N images of {IMAGE_SIZE}x{IMAGE_SIZE} numbers,"
-                           f" got {type(images).__name__}")
-    if not images:
-        raise InvalidInput("'images' is empty: send at least one image")
-    if len(images) > max_batch:
-        raise TooLarge(f"'images' holds {len(images)} images; at most {max_batch} per request")
-    try:
-        array = np.array(images)
-    except (ValueError, TypeError):
-        raise InvalidInput("'images' is ragged: every image must be 28 rows of 28 numbers") from None
-    if array.dtype.kind not in "iuf":
-        raise InvalidInput("'images' must hold only numbers (no strings, booleans, nulls or objects)")
-    if array.ndim == 4 and array.shape[1] == 1:
-        array = array[:, 0]
-    if array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise InvalidInput(f"each image must be {IMAGE_SIZE}x{IMAGE_SIZE} (or 1x{IMAGE_SIZE}x{IMAGE_SIZE});"
-                           f" got images of shape {list(array.shape[1:])}")
-    return check_pixels(array.astype(np.float32))[:, None]
-
-
-def check_pixels(array: np.ndarray) -> np.ndarray:
-    """array itself when every value is finite and in [0, 1]; else InvalidInput."""
-    if not np.isfinite(array).all():
-        raise InvalidInput("'images' holds NaN or Infinity")
-    if array.min() < 0.0 or array.max() > 1.0:
-        raise InvalidInput(f"pixel values must lie in [0, 1]; got [{array.min():.4g}, {array.max():.4g}]")
-    return array
-
-
-def parse_octets(body: bytes, max_batch: int = MAX_BATCH) -> np.ndarray:
-    """An application/octet-stream body: N x 28 x 28 float32 little-endian in [0, 1] -> (N, 1, 28, 28)."""
-    image_bytes = IMAGE_SIZE * IMAGE_SIZE * 4
-    if not body or len(body) % image_bytes:
-        raise InvalidInput(f"an application/octet-stream body must be N x {IMAGE_SIZE} x {IMAGE_SIZE} float32"
-                           f" (a multiple of {image_bytes} bytes); got {len(body)} bytes")
-    if len(body) // image_bytes > max_batch:
-        raise TooLarge(f"the body holds {len(body) // image_bytes} images; at most {max_batch} per request")
-    array = np.frombuffer(body, dtype="<f4").reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE)
-    return check_pixels(array)
-
-
 @dataclass(frozen=True)
 class Prediction:
     labels: np.ndarray  # (N,) int64
     lengths: np.ndarray  # (N, 10) float32
     reconstructions: np.ndarray  # (N, 28, 28) float32
-
-    def classify_answer(self) -> dict[str, list]:
-        """The /classify response body."""
-        return {"labels": self.labels.tolist(), "lengths": self.lengths.tolist()}
 
 
 @dataclass(frozen=True)
@@ -303,23 +192,14 @@ class Explanation:
     routing_maps: np.ndarray  # (N, 6, 6): share of each position's 32 primary capsules' votes that went to the winner
     routing_types: np.ndarray  # (N, 32): the same share per capsule type, over the 36 positions
 
-    def answer(self, digits: int = 5) -> dict[str, list]:
-        """The /explain response body (values rounded to `digits` decimals)."""
-        return {"labels": self.labels.tolist(), "lengths": self.lengths.round(digits).tolist(),
-                "poses": self.poses.round(digits).tolist(), "routing_maps": self.routing_maps.round(digits).tolist(),
-                "routing_types": self.routing_types.round(digits).tolist(),
-                "reconstructions": self.reconstructions.round(digits).tolist()}
-
 
 class CapsNetRuntime:
     """The ONNX model behind one session, created once."""
 
-    def __init__(self, model_path: Path | str | None = None, device: str | None = None, threads: int | None = None,
-                 variant: str | None = None):
-        fp32_path = Path(model_path) if model_path else model_from_env()
-        self.device = device or _env("CAPSNET_DEVICE", "auto")
-        self.threads = threads_from_env() if threads is None else threads
-        choice = open_variant(fp32_path, variant or _env("CAPSNET_VARIANT", "auto"), self.device, self.threads)
+    def __init__(self, model_path: Path | str, device: str = "auto", threads: int = 0, variant: str = "auto"):
+        fp32_path = Path(model_path)
+        self.device, self.threads = device, threads
+        choice = open_variant(fp32_path, variant, device, threads)
         self.variant, self.model_path, self.session, self.warnings = (choice.variant, choice.path, choice.session,
                                                                       choice.warnings)
         self.input_name = check_graph(self.session, self.model_path)
@@ -351,6 +231,7 @@ class CapsNetRuntime:
                            routing_types)
 
     def describe(self) -> dict[str, Any]:
+        """What is served: the model, its file and variant, the device and providers, and why (warnings)."""
         meta = self.metadata
         return {
             "model_name": meta.get("model_name", self.model_path.stem),
@@ -364,11 +245,8 @@ class CapsNetRuntime:
             "config": json.loads(meta["config"]) if "config" in meta else None,
             "device": self.device,
             "providers": self.providers,
-            "max_batch": MAX_BATCH,
             "merge_cap": self.merge_cap,
-            "workers": workers_from_env(),
             "threads_per_worker": self.threads,
-            "max_explain": MAX_EXPLAIN,
             "decoder_file": self.decoder_path.name if self.decoder_path else None,
             "warnings": self.warnings,
         }

@@ -1,16 +1,15 @@
-"""BentoML service over serving/runtime.py: `bentoml serve serving.service:CapsNet`.
+"""BentoML service: `bentoml serve serving.service:CapsNet`. It wires the parts together and holds no logic.
 
-Each worker process (CAPSNET_WORKERS, serving/runtime.py) holds an ONNX Runtime session, created
-once, and a MicroBatcher that merges concurrent requests into one run (serving/batching.py). The APIs
-that use the batcher are `async def`s that await it on the event loop (a sync API would run in
-BentoML's thread pool, one call at a time by default, and nothing would merge); /explain, which runs
-the model itself, is a sync `def` in that pool. Most /classify bodies are answered before these APIs
-are reached (serving/direct.py).
+The settings are read once, at import (serving/settings.py): a bad value stops `bentoml serve` with
+`capsnet: cannot start: ...` and exit code 1, as a model or device that cannot work does (checked once,
+before any worker starts, by `check_model_and_device`). Each worker process builds one runtime (its ONNX
+Runtime session, created once), one batcher and one Routes (serving/routes.py), which every route's
+steps go through: the `@bentoml.api` methods below, and the fast path and the page, which BentoML
+builds before this instance and which get the Routes through `WORKER`.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import typing as t
 from pathlib import Path
@@ -19,51 +18,49 @@ import bentoml
 from pydantic import WithJsonSchema
 
 from serving import ui
-from serving.answers import answer, error_response
-from serving.batching import MAX_CONCURRENCY, Overloaded, batcher_from_env, batcher_kind_from_env
+from serving.batching import MAX_CONCURRENCY, make_batcher
+from serving.fastpath import FastPath
 from serving.limits import RequestGate
 from serving.openapi import OpenAPIFix
-from serving.preprocess import preprocess
-from serving.runtime import (MAX_EXPLAIN, CapsNetRuntime, DeviceError, InvalidInput, ModelError, Prediction,
-                             validate_images, workers_from_env)
+from serving.routes import Bound, Routes
+from serving.runtime import CapsNetRuntime, DeviceError, ModelError
+from serving.settings import Settings, SettingsError
+
+STARTUP_ERRORS = (DeviceError, ModelError, FileNotFoundError, SettingsError)
 
 
-def flag_from_env(name: str, default: bool) -> bool:
-    """An on/off setting: 1, true, yes or on turn it on; 0, false, no or off turn it off; unset: default."""
-    raw = os.environ.get(name, "").strip().lower()
-    return default if not raw else raw in ("1", "true", "yes", "on")
+def cannot_start(err: Exception) -> t.NoReturn:
+    print(f"capsnet: cannot start: {err}", file=sys.stderr)
+    raise SystemExit(1) from None
 
 
-def access_log_from_env() -> bool:
-    """CAPSNET_ACCESS_LOG=1 turns BentoML's access log on: a log line per request, 7% of the service's Python time
-    for a one-digit JSON request and 16% for a raw one, measured (BENCHMARKS.md); off by default."""
-    return flag_from_env("CAPSNET_ACCESS_LOG", False)
+def settings_or_exit() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as err:
+        cannot_start(err)
 
 
-def tracing_from_env() -> dict:
-    """BentoML's tracing config. Its default samples no traces (sample rate 0) yet its OpenTelemetry middleware still
-    wraps every request; unless CAPSNET_TRACING=1 (for a deployment that configures an exporter) every URL is
-    excluded from it, which skips that work."""
-    return {} if flag_from_env("CAPSNET_TRACING", False) else {"excluded_urls": [".*"]}
+def open_runtime(settings: Settings) -> CapsNetRuntime:
+    return CapsNetRuntime(settings.model, settings.device, settings.threads, settings.variant)
 
 
-def metrics_from_env() -> bool:
-    """CAPSNET_METRICS=0 turns BentoML's Prometheus metrics (GET /metrics) off; on by default."""
-    return flag_from_env("CAPSNET_METRICS", True)
-
-
-STARTUP_ERRORS = (DeviceError, ModelError, FileNotFoundError, ValueError)
+SETTINGS = settings_or_exit()
+WORKER = Bound()  # this worker's Routes, for the fast path and the page
 # The images, typed for BentoML's clients (a tensor: `client.classify(images=np_array)` sends it as JSON)
 # while our own checks in validate_images keep their error messages; /docs.json says the exact shape
 # and range (serving/openapi.py).
 Images = t.Annotated[t.Any, WithJsonSchema({"type": "tensor", "format": "json", "dtype": "float32"})]
+# BentoML's tracing config: its default samples no traces yet its middleware still wraps every request;
+# unless CAPSNET_TRACING=1 every URL is excluded from it, which skips that work
+TRACING = {} if SETTINGS.tracing else {"excluded_urls": [".*"]}
 
 
-@bentoml.service(name="capsnet", workers=workers_from_env(),
+@bentoml.service(name="capsnet", workers=SETTINGS.workers,
                   traffic={"timeout": 30, "max_concurrency": MAX_CONCURRENCY},
-                  logging={"access": {"enabled": access_log_from_env()}}, tracing=tracing_from_env(),
-                  metrics={"enabled": metrics_from_env()})
-@bentoml.asgi_app(ui.app, path="/ui")
+                  logging={"access": {"enabled": SETTINGS.access_log}}, tracing=TRACING,
+                  metrics={"enabled": SETTINGS.metrics})
+@bentoml.asgi_app(ui.make_app(WORKER), path="/ui")
 class CapsNet:
     @bentoml.on_deployment
     def check_model_and_device() -> None:
@@ -71,65 +68,45 @@ class CapsNet:
         cannot work stops the service here, with its message and exit code 1, instead of a worker
         that fails, is restarted by BentoML and fails again."""
         try:
-            batcher_kind_from_env()
-            CapsNetRuntime()
+            open_runtime(SETTINGS)
         except STARTUP_ERRORS as err:
-            print(f"capsnet: cannot start: {err}", file=sys.stderr)
-            raise SystemExit(1) from None
+            cannot_start(err)
 
     def __init__(self) -> None:
-        self.runtime = CapsNetRuntime()
-        self.batcher = batcher_from_env(self.runtime)
-
-    async def _predict(self, images: Images) -> Prediction:
-        return await self.batcher.predict_async(validate_images(images))
+        runtime = open_runtime(SETTINGS)
+        self.routes = Routes(runtime, make_batcher(SETTINGS.batcher, runtime), SETTINGS)
+        WORKER.bind(self.routes)
 
     @bentoml.api
     async def classify(self, images: Images) -> dict:
         """{"images": N x 28 x 28 numbers in [0, 1]} -> {"labels": [N], "lengths": [N x 10]}
 
-        The same route also takes the images as raw float32 (Content-Type: application/octet-stream).
-        Both forms are answered by serving/direct.py before this API is reached, except bodies it
-        leaves to BentoML's parsing (malformed JSON, keys other than "images")."""
-        try:
-            p = await self._predict(images)
-        except (InvalidInput, Overloaded) as err:
-            return error_response(err)
-        return answer(p.classify_answer())
+        The same route also takes the images as raw float32 (Content-Type: application/octet-stream)."""
+        return await self.routes.classify(images)
 
     @bentoml.api
     async def classify_image(self, image: Path) -> dict:
         """multipart field `image` (PNG, JPEG, BMP, GIF, WebP) -> {"label": int, "lengths": [10]}"""
-        try:
-            p = await self.batcher.predict_async(preprocess(image.read_bytes())[None])
-        except (InvalidInput, Overloaded) as err:
-            return error_response(err)
-        return answer({"label": int(p.labels[0]), "lengths": p.lengths[0].tolist()})
+        return await self.routes.classify_image(image.read_bytes())
 
     @bentoml.api
     async def reconstruct(self, images: Images) -> dict:
-        """Same body as /classify -> {"labels": [N], "reconstructions": [N x 28 x 28]}"""
-        try:
-            p = await self._predict(images)
-        except (InvalidInput, Overloaded) as err:
-            return error_response(err)
-        return answer({"labels": p.labels.tolist(), "reconstructions": p.reconstructions.round(5).tolist()})
+        """Same JSON body as /classify -> {"labels": [N], "reconstructions": [N x 28 x 28]}"""
+        return await self.routes.reconstruct(images)
 
     @bentoml.api
-    def explain(self, images: Images) -> dict:
-        """Same body as /classify, at most 16 images -> {"labels", "lengths", "poses": the winning capsule's 16 numbers,
-        "routing_maps": 6x6 shares of the primary capsules' votes that went to the winner, "routing_types": 32 shares,
-        "reconstructions"}. Runs the model once per request outside the batcher: it asks for outputs /classify skips."""
-        try:
-            return answer(self.runtime.explain(validate_images(images, MAX_EXPLAIN)).answer())
-        except InvalidInput as err:
-            return error_response(err)
+    async def explain(self, images: Images) -> dict:
+        """Same JSON body as /classify, at most 16 images -> {"labels", "lengths", "poses": the winning capsule's
+        16 numbers, "routing_maps": 6x6 shares of the primary capsules' votes that went to the winner,
+        "routing_types": 32 shares, "reconstructions"}."""
+        return await self.routes.explain(images)
 
     @bentoml.api
     def metadata(self) -> dict:
-        """Model name, sha256, test accuracy, opset, routing iterations, execution providers in use."""
-        return self.runtime.describe()
+        """Model name, sha256, test accuracy, opset, routing iterations, execution providers, batcher, workers."""
+        return self.routes.metadata()
 
 
-CapsNet.add_asgi_middleware(RequestGate)  # size limit, upload form check, /classify's common bodies
+CapsNet.add_asgi_middleware(RequestGate)  # body size limits, before anything is parsed
+CapsNet.add_asgi_middleware(FastPath, bound=WORKER)  # /classify's common bodies and uploads to the routes
 CapsNet.add_asgi_middleware(OpenAPIFix)  # /docs.json: valid OpenAPI 3, exact about inputs and answers

@@ -1,16 +1,43 @@
+"""Shared fixtures. The service is tested at two depths:
+
+- in-process (`client`): Starlette's test client against the ASGI app `bentoml serve` runs
+  (`CapsNet.to_asgi()`), in milliseconds a request; set CAPSNET_TEST_URL=http://host:port to send the same
+  tests to a running service instead (`make test-e2e-http` does, against a real `bentoml serve`);
+- end to end (`service`, `service_url`): a real `bentoml serve` process, where the process is the point.
+
+Both serve the published ONNX files in models/ (int8 on the CPU), which are committed.
+"""
+
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
 import pytest
 
-from mnist import DEFAULT_ROOT, ensure_mnist
+from mnist import DEFAULT_ROOT, ensure_mnist, read_split
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "models" / "capsnet-mnist.safetensors"
+PUBLISHED_ONNX = ROOT / "models" / "capsnet-mnist.onnx"
+SERVICE_ENV = {"CAPSNET_MODEL": str(PUBLISHED_ONNX), "CAPSNET_DEVICE": "cpu"}
+
+
+# The modules whose tests start real processes (a service, a container, a browser, Locust, wrk, Node), train or
+# export a model, or read all 10,000 test digits: `make test-quick` (-m "not slow") leaves them out.
+SLOW_MODULES = {"test_e2e", "test_startup", "test_overload", "test_loadtest", "test_pinned", "test_ui",
+                "test_container", "test_bento", "test_runtimes", "test_gpu_script", "test_train", "test_export",
+                "test_published", "test_evaluate", "test_bench"}
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
     try:
         import torch
 
@@ -42,34 +69,71 @@ def tiny_run(tmp_path_factory, mnist_root) -> Path:
 
 
 @pytest.fixture(scope="session")
-def served_onnx(tmp_path_factory, mnist_root) -> Path:
-    """The fp32 ONNX file the service tests use, its int8 and fp16 variants beside it: the published model
-    if there is one, else a tiny one."""
-    from export.onnx_export import export_and_verify
-    from training.train import main
+def served_onnx() -> Path:
+    """The published fp32 ONNX file, with its int8, fp16 and decoder files beside it: what `make serve` serves."""
+    assert PUBLISHED_ONNX.exists(), f"{PUBLISHED_ONNX} is missing: the published ONNX files are part of the repository"
+    return PUBLISHED_ONNX
 
-    folder = tmp_path_factory.mktemp("served")
-    weights = PUBLISHED
-    if not weights.exists():
-        main(["--epochs", "1", "--limit", "256", "--test-limit", "200", "--out", str(folder / "run"), "--quiet",
-              "--data", str(mnist_root)])
-        weights = folder / "run" / "checkpoint.safetensors"
-    out = folder / "capsnet.onnx"
-    # the published model is checked on all 10,000 test digits, a tiny stand-in on 1,000
-    export_and_verify(weights, out, verify_digits=1000, accuracy_digits=None if weights == PUBLISHED else 1000,
-                      data_root=mnist_root, variants=("int8", "fp16"))
-    return out
+
+def service_module(env: dict[str, str]):
+    """serving.service imported with exactly these CAPSNET_* settings (it reads them once, at import); the
+    environment is restored afterwards."""
+    saved = dict(os.environ)
+    for name in [n for n in os.environ if n.startswith("CAPSNET_") and n != "CAPSNET_MNIST_TGZ"]:
+        del os.environ[name]
+    os.environ.update(env)
+    try:
+        if "serving.service" in sys.modules:
+            return importlib.reload(sys.modules["serving.service"])
+        return importlib.import_module("serving.service")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def service_in_process(served_onnx):
+    """serving.service as the tests' process imported it, with the published model on the CPU."""
+    return service_module(SERVICE_ENV)
+
+
+@pytest.fixture(scope="session")
+def client(request) -> Iterator:
+    """An HTTP client of the service: in-process by default, a running service when CAPSNET_TEST_URL says where."""
+    import httpx
+
+    url = os.environ.get("CAPSNET_TEST_URL")
+    if url:
+        with httpx.Client(base_url=url, timeout=120) as remote:
+            yield remote
+        return
+    from starlette.testclient import TestClient
+
+    app = request.getfixturevalue("service_in_process").CapsNet.to_asgi()
+    with TestClient(app) as local:
+        yield local
+
+
+@pytest.fixture(scope="session")
+def digits(mnist_root, served_onnx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """300 test digits (N, 28, 28), their true labels, and the labels in-process ONNX Runtime gives them with the
+    variant the service runs on the CPU (int8)."""
+    from serving.runtime import CapsNetRuntime
+
+    images, labels = read_split("test", mnist_root, 300)
+    expected = CapsNetRuntime(served_onnx, device="cpu", variant="int8").predict(images[:, None]).labels
+    return images, labels, expected
 
 
 @pytest.fixture(scope="session")
 def service(served_onnx, tmp_path_factory):
-    """A real `bentoml serve` process on a free loopback port, serving served_onnx."""
+    """A real `bentoml serve` process on a free loopback port, serving the published model."""
     from loadtest.server import running_service
 
     folder = tmp_path_factory.mktemp("service")
     # its own BentoML home: every `bentoml serve` that starts (tests/test_startup.py's among them) empties
     # its home's Prometheus folder, which would leave this service's /metrics empty
-    env = {"CAPSNET_MODEL": str(served_onnx), "CAPSNET_DEVICE": "cpu", "BENTOML_HOME": str(folder / "bentoml")}
+    env = {**SERVICE_ENV, "BENTOML_HOME": str(folder / "bentoml")}
     with running_service(env=env, log=folder / "service.log") as running:
         yield running
 

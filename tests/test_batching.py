@@ -4,9 +4,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from serving.batching import BATCHERS, MicroBatcher, Overloaded, batcher_kind_from_env
+from mnist import read_split
+from serving.batching import BATCHERS, MicroBatcher, Overloaded
 from serving.runtime import CapsNetRuntime
-from training.data import load_split
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,7 @@ def runtime(served_onnx):
 
 
 def test_concurrent_requests_share_runs_and_each_gets_its_rows(runtime, mnist_root):
-    x = load_split("test", mnist_root, 120)[0].numpy()
+    x = read_split("test", mnist_root, 120)[0][:, None]
     direct = runtime.predict(x)
     batcher = MicroBatcher(runtime, max_batch=64)
     requests = [x[i:i + 3] for i in range(0, 120, 3)]  # 40 requests of 3 images
@@ -32,7 +32,7 @@ def test_concurrent_requests_share_runs_and_each_gets_its_rows(runtime, mnist_ro
 @pytest.mark.parametrize("kind", sorted(BATCHERS))
 def test_awaited_requests_share_runs_and_each_gets_its_rows(runtime, mnist_root, kind):
     """What the service does: the requests await the batcher on one event loop (ours, or BentoML's dispatcher)."""
-    x = load_split("test", mnist_root, 120)[0].numpy()
+    x = read_split("test", mnist_root, 120)[0][:, None]
     direct = runtime.predict(x)
     batcher = BATCHERS[kind](runtime, 16)
 
@@ -47,7 +47,7 @@ def test_awaited_requests_share_runs_and_each_gets_its_rows(runtime, mnist_root,
 
 
 def test_bentomls_dispatcher_splits_a_request_over_the_cap_and_joins_its_rows(runtime, mnist_root):
-    x = load_split("test", mnist_root, 20)[0].numpy()
+    x = read_split("test", mnist_root, 20)[0][:, None]
     batcher = BATCHERS["bentoml"](runtime, 8)
     answer = asyncio.run(batcher.predict_async(x))
     assert np.array_equal(answer.labels, runtime.predict(x).labels)
@@ -70,34 +70,8 @@ def test_a_request_cancelled_while_it_waits_never_runs(runtime):
     assert batcher.batch_sizes == [256, 3]
 
 
-def test_on_off_settings_read_from_the_environment(monkeypatch):
-    from serving.service import flag_from_env, metrics_from_env, tracing_from_env
-
-    for raw, expected in [("1", True), ("yes", True), ("ON", True), ("0", False), ("off", False), ("no", False)]:
-        monkeypatch.setenv("CAPSNET_SOME_FLAG", raw)
-        assert flag_from_env("CAPSNET_SOME_FLAG", not expected) is expected
-    monkeypatch.delenv("CAPSNET_SOME_FLAG")
-    assert flag_from_env("CAPSNET_SOME_FLAG", True) and not flag_from_env("CAPSNET_SOME_FLAG", False)
-    monkeypatch.delenv("CAPSNET_TRACING", raising=False)
-    monkeypatch.delenv("CAPSNET_METRICS", raising=False)
-    assert tracing_from_env() == {"excluded_urls": [".*"]} and metrics_from_env()  # the defaults
-    monkeypatch.setenv("CAPSNET_TRACING", "1")
-    monkeypatch.setenv("CAPSNET_METRICS", "0")
-    assert tracing_from_env() == {} and not metrics_from_env()
-
-
-def test_the_batcher_is_a_setting(monkeypatch):
-    monkeypatch.delenv("CAPSNET_BATCHER", raising=False)
-    assert batcher_kind_from_env() == "ours"
-    monkeypatch.setenv("CAPSNET_BATCHER", "bentoml")
-    assert batcher_kind_from_env() == "bentoml"
-    monkeypatch.setenv("CAPSNET_BATCHER", "fastest")
-    with pytest.raises(ValueError, match="CAPSNET_BATCHER must be one of"):
-        batcher_kind_from_env()
-
-
 def test_a_lone_request_runs_at_once_alone(runtime, mnist_root):
-    x = load_split("test", mnist_root, 2)[0].numpy()
+    x = read_split("test", mnist_root, 2)[0][:, None]
     batcher = MicroBatcher(runtime)
     assert batcher.predict(x).labels.shape == (2,)
     assert batcher.batch_sizes == [2]
@@ -122,7 +96,7 @@ def test_a_full_queue_refuses_at_once(runtime):
 
 
 def test_a_request_larger_than_the_cap_runs_alone_and_is_not_merged(runtime, mnist_root):
-    x = load_split("test", mnist_root, 40)[0].numpy()
+    x = read_split("test", mnist_root, 40)[0][:, None]
     batcher = MicroBatcher(runtime, max_batch=8)
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(batcher.predict, [x[:20], x[20:22], x[22:24], x[24:40]]))
@@ -138,22 +112,3 @@ def test_the_merge_cap_is_the_served_files_measured_best_batch(runtime):
     rates = json.loads(runtime.metadata["cpu_images_per_s"])
     assert set(rates) == {"1", "2", "4", "8", "16", "32", "64", "128", "256"} and min(rates.values()) > 0
     assert runtime.merge_cap == int(runtime.metadata["cpu_best_batch"]) == int(max(rates, key=rates.get))
-
-
-def test_workers_and_threads_come_from_the_environment(monkeypatch):
-    from serving.runtime import threads_from_env, usable_cores, workers_from_env
-
-    monkeypatch.delenv("CAPSNET_WORKERS", raising=False)
-    monkeypatch.delenv("CAPSNET_THREADS", raising=False)
-    assert workers_from_env() == max(1, usable_cores() // 2)
-    monkeypatch.setenv("CAPSNET_WORKERS", "2")
-    assert workers_from_env() == 2 and threads_from_env() == max(1, usable_cores() // 2)
-    monkeypatch.setenv("CAPSNET_THREADS", "3")
-    assert threads_from_env() == 3
-    monkeypatch.setenv("CAPSNET_WORKERS", "1")
-    monkeypatch.delenv("CAPSNET_THREADS")
-    assert threads_from_env() == 0  # one worker: ONNX Runtime's own choice
-    for bad in ("0", "-1", "two"):
-        monkeypatch.setenv("CAPSNET_WORKERS", bad)
-        with pytest.raises(ValueError, match="CAPSNET_WORKERS"):
-            workers_from_env()

@@ -149,3 +149,46 @@ def test_every_document_the_readme_links_is_in_the_repository():
         local = [link for link in links if "://" not in link]
         targets = {str((ROOT / doc).parent.joinpath(link).resolve().relative_to(ROOT)) for link in local}
         assert targets <= tracked, (doc, sorted(targets - tracked))
+
+
+# The request path's boundaries inside serving/ (docs/ARCHITECTURE.md, "The request path"): the middleware
+# that runs before a body is parsed holds no route logic, the fast path only picks the route, and nothing
+# finds the service through BentoML's global lookup (the service hands each part what it needs).
+SERVING_RULES = {
+    "serving/limits.py": {"serving.routes", "serving.inputs", "serving.runtime", "serving.batching",
+                          "serving.preprocess", "serving.service", "bentoml"},
+    "serving/fastpath.py": {"serving.inputs", "serving.runtime", "serving.batching", "serving.preprocess",
+                            "serving.service", "bentoml"},
+    "serving/routes.py": {"bentoml", "serving.service", "serving.fastpath"},
+    "serving/ui.py": {"bentoml", "serving.runtime", "serving.service"},
+}
+
+
+def serving_violations(root: Path = ROOT) -> list[str]:
+    found = []
+    for name, forbidden in SERVING_RULES.items():
+        for line, module, _ in imports(root / name):
+            if any(module == f or module.startswith(f + ".") for f in forbidden):
+                found.append(f"{name}:{line}: imports {module}")
+    for path in sorted((root / "serving").rglob("*.py")):
+        if "get_current_service" in path.read_text():
+            found.append(f"{path.relative_to(root)}: looks the service up globally (get_current_service)")
+    return found
+
+
+def test_the_request_paths_boundaries_hold():
+    assert serving_violations() == []
+
+
+def test_the_request_path_rules_catch_what_they_forbid(tmp_path):
+    (tmp_path / "serving").mkdir()
+    for name in SERVING_RULES:
+        (tmp_path / name).write_text("")
+    (tmp_path / "serving" / "limits.py").write_text("from serving.routes import Routes\n")
+    (tmp_path / "serving" / "routes.py").write_text("import bentoml\n")
+    (tmp_path / "serving" / "ui.py").write_text("def f():\n    return bentoml.get_current_service()\n")
+    assert serving_violations(tmp_path) == [
+        "serving/limits.py:1: imports serving.routes",
+        "serving/routes.py:1: imports bentoml",
+        "serving/ui.py: looks the service up globally (get_current_service)",
+    ]

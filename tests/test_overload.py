@@ -31,9 +31,9 @@ def test_a_lowered_limit_gets_429_then_recovers(served_onnx):
 
 
 def test_the_shipped_limits_refuse_at_once_and_never_503(served_onnx):
-    """With the shipped max_concurrency (128), 200 requests of 32 digits at once: the queue behind the
-    accepted ones takes seconds to drain (4,096 digits; within BentoML's 30 s timeout even on a busy
-    machine), the refused ones are answered within 2 s."""
+    """With the shipped max_concurrency (128), 200 requests of 32 digits at once: some are refused with 429,
+    each of them before the last accepted one is answered (refused at once, not queued), and none gets a 503
+    (the batcher's queue never fills over HTTP)."""
     assert MAX_WAITING == MAX_CONCURRENCY == 128  # the batcher's queue cannot fill before BentoML refuses
     body = np.full((32, 28, 28), 0.5, dtype="<f4").tobytes()
     with running_service(env={"CAPSNET_MODEL": str(served_onnx), "CAPSNET_DEVICE": "cpu"}) as service:
@@ -51,4 +51,4 @@ def test_the_shipped_limits_refuse_at_once_and_never_503(served_onnx):
         slowest_accepted = max(seconds for status, seconds in results if status == 200)
         assert set(statuses) <= {200, 429}, statuses
         assert refused and statuses.count(200) >= 64, statuses
-        assert max(refused) < 2.0 < slowest_accepted, (max(refused), slowest_accepted)
+        assert max(refused) < slowest_accepted, (max(refused), slowest_accepted)

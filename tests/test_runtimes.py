@@ -22,6 +22,7 @@ from scripts.runtimes import MODEL, NODE_SCRIPT, OPENVINO_CONFIG, in_chunks, onn
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = 1000
 # how far each variant may be from ONNX Runtime's run of the same file, and the least argmax agreement
+# (docs/runtimes.json, all 10,000 digits: fp32 6.6e-7 and 100%, fp16 2.8e-4 and 100%, int8 0.43 and 99.5%)
 OPENVINO_BOUNDS = {"fp32": (TOLERANCE["lengths"], 1.0), "fp16": (1e-3, 0.999), "int8": (0.5, 0.99)}
 
 
@@ -87,7 +88,7 @@ def test_the_readme_table_is_what_scripts_runtimes_wrote():
         (v, rt) for v in VARIANTS for rt in ("onnxruntime", "openvino", "onnxruntime-node")}
 
 
-def test_where_openvino_and_onnx_runtime_differ_on_int8_onnx_s_reference_sides_with_onnx_runtime(digits):
+def test_where_openvino_and_onnx_runtime_differ_on_int8_onnx_runtime_computes_what_the_graph_says(digits):
     """The int8 graph's meaning, by onnx.reference.ReferenceEvaluator (the spec's own evaluator), on the
     three digits of the first 200 where OpenVINO is furthest from ONNX Runtime: ONNX Runtime computes what
     the graph says, so the difference is OpenVINO's handling of the QDQ convolutions, not the export.
@@ -108,4 +109,3 @@ def test_where_openvino_and_onnx_runtime_differ_on_int8_onnx_s_reference_sides_w
     reference = ReferenceEvaluator(graph)
     meant = np.concatenate([reference.run(["lengths"], {"image": images[i:i + 1]})[0] for i in worst])
     assert np.abs(ours[worst] - meant).max() <= TOLERANCE["lengths"]
-    assert np.abs(theirs[worst] - meant).max() > 0.05

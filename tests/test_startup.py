@@ -39,6 +39,7 @@ def test_cuda_without_a_working_provider_stops_make_serve_once(served_onnx):
     ({"CAPSNET_DEVICE": "tpu"}, "CAPSNET_DEVICE='tpu': expected one of auto, cpu, cuda"),
     ({"CAPSNET_VARIANT": "int4"}, "CAPSNET_VARIANT='int4': expected auto or one of fp32, int8, fp16"),
     ({"CAPSNET_BATCHER": "fastest"}, "CAPSNET_BATCHER must be one of ours, bentoml; got 'fastest'"),
+    ({"CAPSNET_WORKERS": "abc"}, "CAPSNET_WORKERS='abc': expected a whole number of 1 or more"),
 ])
 def test_bentoml_serve_exits_1_with_the_reason(served_onnx, env, reason):
     run = serve(bentoml_serve(), {"CAPSNET_MODEL": str(served_onnx), "CAPSNET_DEVICE": "cpu", **env})
@@ -50,7 +51,6 @@ def test_the_service_settings_batcher_metrics_and_tracing(served_onnx, mnist_roo
     """CAPSNET_BATCHER=bentoml serves the same answers through BentoML's batching; CAPSNET_METRICS=0 takes
     /metrics away; CAPSNET_TRACING=1 keeps BentoML's tracing middleware, and the service still answers."""
     import httpx
-    import numpy as np
 
     from loadtest.server import running_service
     from mnist import read_split
@@ -66,6 +66,7 @@ def test_the_service_settings_batcher_metrics_and_tracing(served_onnx, mnist_roo
                           headers={"Content-Type": "application/octet-stream"})
         assert as_json.status_code == raw.status_code == 200
         assert as_json.json()["labels"] == raw.json()["labels"] == expected
-        assert np.allclose(as_json.json()["lengths"], raw.json()["lengths"], atol=1e-6)
+        assert as_json.json()["lengths"] == raw.json()["lengths"]
+        assert client.post("/metadata", json={}).json()["batcher"] == "bentoml"
         assert client.get("/metrics").status_code == 404
         assert client.get("/readyz").status_code == 200

@@ -12,7 +12,7 @@ from PIL import Image
 
 from serving.preprocess import preprocess
 from serving.runtime import CapsNetRuntime
-from training.data import load_split
+from mnist import read_split
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -29,9 +29,9 @@ def launch(playwright):
 def test_upload_a_real_digit_and_read_the_label(service_url, served_onnx, mnist_root, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    x, _ = load_split("test", mnist_root, 5)
+    x, _ = read_split("test", mnist_root, 5)
     png = tmp_path / "digit.png"
-    Image.fromarray((255 * x[4, 0].numpy()).astype(np.uint8)).resize((140, 140)).save(png)
+    Image.fromarray((255 * x[4]).astype(np.uint8)).resize((140, 140)).save(png)
     expected = int(CapsNetRuntime(served_onnx, device="cpu").predict(preprocess(png.read_bytes())[None]).labels[0])
 
     with sync_playwright() as p:
@@ -67,7 +67,7 @@ def test_the_page_classifies_in_the_browser_as_the_server_does(service_url, ort_
     (no request to the server's model then); the labels agree, and the page says which ran and how long."""
     from playwright.sync_api import sync_playwright
 
-    x, _ = load_split("test", mnist_root, 5)
+    x, _ = read_split("test", mnist_root, 5)
     with sync_playwright() as p:
         browser = launch(p)
         page = browser.new_page(viewport={"width": 1000, "height": 620})
@@ -77,7 +77,7 @@ def test_the_page_classifies_in_the_browser_as_the_server_does(service_url, ort_
         page.wait_for_function("!document.getElementById('inbrowser').disabled", timeout=30_000)
         for i in range(5):
             png = tmp_path / f"digit{i}.png"
-            Image.fromarray((255 * x[i, 0].numpy()).astype(np.uint8)).resize((140, 140)).save(png)
+            Image.fromarray((255 * x[i]).astype(np.uint8)).resize((140, 140)).save(png)
             labels = {}
             for where in ("server", "browser"):
                 page.set_checked("#inbrowser", where == "browser")
@@ -95,23 +95,15 @@ def test_the_page_classifies_in_the_browser_as_the_server_does(service_url, ort_
         browser.close()
 
 
-def python_decoder(served_onnx: Path):
-    """The decoder in Python: PyTorch's CapsNet.decode on the published weights when they are here (the service
-    then serves them), else ONNX Runtime on the served decoder file."""
+def python_decoder():
+    """The decoder in Python: PyTorch's CapsNet.decode on the published weights, which the service serves."""
+    import torch
+
     from tests.conftest import PUBLISHED
+    from training.checkpoint import load_weights
 
-    if PUBLISHED.exists():
-        import torch
-
-        from training.checkpoint import load_weights
-
-        model, _ = load_weights(PUBLISHED)
-        return lambda pose, label: model.decode(torch.tensor([pose]), torch.tensor([label])).detach().numpy()[0, 0]
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(served_onnx.with_name("capsnet-decoder.onnx")), providers=["CPUExecutionProvider"])
-    return lambda pose, label: session.run(None, {"pose": np.array([pose], np.float32),
-                                                  "label": np.array([label])})[0][0, 0]
+    model, _ = load_weights(PUBLISHED)
+    return lambda pose, label: model.decode(torch.tensor([pose]), torch.tensor([label])).detach().numpy()[0, 0]
 
 
 def test_pose_sliders_redraw_the_digit_live_as_the_python_decoder_does(service_url, ort_web, served_onnx, mnist_root,
@@ -121,10 +113,10 @@ def test_pose_sliders_redraw_the_digit_live_as_the_python_decoder_does(service_u
     image for the pose the sliders show (within 1e-3)."""
     from playwright.sync_api import sync_playwright
 
-    decode = python_decoder(served_onnx)
-    x, _ = load_split("test", mnist_root, 3)
+    decode = python_decoder()
+    x, _ = read_split("test", mnist_root, 3)
     png = tmp_path / "digit.png"
-    Image.fromarray((255 * x[2, 0].numpy()).astype(np.uint8)).resize((140, 140)).save(png)
+    Image.fromarray((255 * x[2]).astype(np.uint8)).resize((140, 140)).save(png)
     with sync_playwright() as p:
         browser = launch(p)
         page = browser.new_page(viewport={"width": 1100, "height": 900})

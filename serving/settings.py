@@ -1,0 +1,107 @@
+"""Every CAPSNET_* setting of the service, read once from the environment into one frozen object.
+
+    CAPSNET_MODEL       the fp32 ONNX file (default models/capsnet-mnist.onnx, the published one; a relative path
+                        is taken from the folder that holds serving/: the repository, or a Bento's src/)
+    CAPSNET_DEVICE      auto | cpu | cuda (default auto: CUDA when it starts, else the CPU; cuda never falls back)
+    CAPSNET_VARIANT     auto | fp32 | int8 | fp16 (default auto: int8 on the CPU, fp16 on CUDA, when current)
+    CAPSNET_WORKERS     worker processes (default one per two usable cores, at least 1)
+    CAPSNET_THREADS     ONNX Runtime intra-op threads per worker, 0 = ORT's choice (default the usable cores
+                        divided among the workers; 0 with one worker)
+    CAPSNET_BATCHER     ours | bentoml (default ours: serving/batching.py's MicroBatcher)
+    CAPSNET_ACCESS_LOG  1 turns BentoML's access log on (default off)
+    CAPSNET_TRACING     1 keeps BentoML's tracing middleware on every route (default off)
+    CAPSNET_METRICS     0 turns the Prometheus metrics and GET /metrics off (default on)
+
+A value that cannot be read raises SettingsError, whose message names the variable and what it takes;
+the service turns it into `capsnet: cannot start: ...` and exit code 1.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+PROJECT = Path(__file__).resolve().parent.parent  # the folder that holds serving/: the repo, or a Bento's src/
+DEFAULT_MODEL = Path("models/capsnet-mnist.onnx")  # the published, verified file
+DEVICES = ("auto", "cpu", "cuda")
+VARIANTS = ("fp32", "int8", "fp16")
+BATCHERS = ("ours", "bentoml")
+ON, OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+class SettingsError(ValueError):
+    """A CAPSNET_* value the service cannot use; the message says which and why."""
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (taskset and cgroup cpusets included)."""
+    return len(os.sched_getaffinity(0))
+
+
+def model_path(raw: str) -> Path:
+    """A CAPSNET_MODEL value as a path; a relative one is taken from PROJECT, since `bentoml serve` runs the
+    start-up check in the caller's folder but the workers in the Bento's src/, and both must open one file."""
+    return PROJECT / (raw or DEFAULT_MODEL)
+
+
+def check_device(device: str) -> str:
+    if device not in DEVICES:
+        raise SettingsError(f"CAPSNET_DEVICE={device!r}: expected one of {', '.join(DEVICES)}")
+    return device
+
+
+def check_variant(variant: str) -> str:
+    if variant not in ("auto", *VARIANTS):
+        raise SettingsError(f"CAPSNET_VARIANT={variant!r}: expected auto or one of {', '.join(VARIANTS)}")
+    return variant
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: Path = PROJECT / DEFAULT_MODEL
+    device: str = "auto"
+    variant: str = "auto"
+    workers: int = 1
+    threads: int = 0
+    batcher: str = "ours"
+    access_log: bool = False
+    tracing: bool = False
+    metrics: bool = True
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+        """The settings the environment gives (unset or blank: the default); SettingsError on a bad value."""
+        def raw(name: str) -> str:
+            return environ.get(f"CAPSNET_{name}", "").strip()
+
+        workers = whole("CAPSNET_WORKERS", raw("WORKERS"), 1) if raw("WORKERS") else max(1, usable_cores() // 2)
+        if raw("THREADS"):
+            threads = whole("CAPSNET_THREADS", raw("THREADS"), 0)
+        else:  # the cores divided among the workers, so that they do not oversubscribe them
+            threads = 0 if workers == 1 else max(1, usable_cores() // workers)
+        batcher = raw("BATCHER") or "ours"
+        if batcher not in BATCHERS:
+            raise SettingsError(f"CAPSNET_BATCHER must be one of {', '.join(BATCHERS)}; got {batcher!r}")
+        return cls(model=model_path(raw("MODEL")), device=check_device(raw("DEVICE") or "auto"),
+                   variant=check_variant(raw("VARIANT") or "auto"), workers=workers, threads=threads,
+                   batcher=batcher, access_log=flag("CAPSNET_ACCESS_LOG", raw("ACCESS_LOG"), False),
+                   tracing=flag("CAPSNET_TRACING", raw("TRACING"), False),
+                   metrics=flag("CAPSNET_METRICS", raw("METRICS"), True))
+
+
+def whole(name: str, raw: str, least: int) -> int:
+    """A whole number of at least `least`; else SettingsError."""
+    if not raw.isdigit() or int(raw) < least:
+        raise SettingsError(f"{name}={raw!r}: expected a whole number of {least} or more")
+    return int(raw)
+
+
+def flag(name: str, raw: str, default: bool) -> bool:
+    """An on/off setting: 1, true, yes or on; 0, false, no or off (any case); unset: default."""
+    if not raw:
+        return default
+    if raw.lower() not in ON + OFF:
+        raise SettingsError(f"{name}={raw!r}: expected 1 or 0 (or true/false, yes/no, on/off)")
+    return raw.lower() in ON
