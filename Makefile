@@ -24,10 +24,10 @@ QUICK_TRAIN_ARGS ?= --epochs 1 --limit 30000
 TRAIN_ARGS ?= $(QUICK_TRAIN_ARGS)
 PYTEST_ARGS ?=
 
-.PHONY: setup serve-setup publish-onnx web browser data train export serve loadtest loadtest-pinned build container container-gpu container-gpu-check container-run bench experiments \
+.PHONY: setup serve-setup publish-onnx web browser data train export serve loadtest loadtest-pinned build container container-gpu container-gpu-check container-run bench experiments docs-numbers \
         test test-quick clean help
 help:
-	@echo "make serve      set up, fetch MNIST, get a model, export + verify, serve on $(HOST):$(PORT)"
+	@echo "make serve      a venv with the serving packages, then serve the published ONNX files on $(HOST):$(PORT)"
 	@echo "make test       run the test suite (make test-quick: the in-process part, for the inner loop)"
 	@echo "make container  the CPU image (Docker, else buildah), then make container-run serves it on $(HOST):$(PORT)"
 	@echo "make setup | data | train | export | loadtest | build | container-gpu | bench | experiments | clean"
@@ -110,12 +110,17 @@ container-gpu: | serve-setup
 container-gpu-check:
 	deploy/container/check-gpu-image.sh
 
-# The CPU image, with make serve's settings (HOST, PORT, CAPSNET_DEVICE, CAPSNET_VARIANT, CAPSNET_THREADS).
+# The CPU image on HOST:PORT, with every CAPSNET_* setting of the environment but CAPSNET_MODEL (deploy/container/run.sh).
 container-run:
 	HOST=$(HOST) PORT=$(PORT) deploy/container/run.sh cpu
 
 bench: $(ONNX) | setup
 	$(PY) -m export.bench --onnx $(ONNX) $(BENCH_ARGS)
+
+# Re-measure the documents' marked numbers (the README's curl answers, export, load test, pinned) and rewrite
+# them in place from docs/numbers/ (scripts/docs_numbers.py; a few minutes on 2 cores).
+docs-numbers: $(ONNX) | setup
+	$(PY) scripts/docs_numbers.py
 
 experiments: setup
 	$(PY) -m training.evaluate --out docs/experiments

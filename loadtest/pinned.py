@@ -14,8 +14,8 @@ alike. Writes pinned.json and pinned.md under --out and prints the table.
 adaptive batching), in the same run.
 
 --workers N runs the service with CAPSNET_WORKERS=N (ONNX Runtime's threads divided among them);
-with --share-cores the server and wrk may share cores (all of a small machine's cores for the
-workers), and the table's last column says how much CPU wrk took.
+with --share-cores, --service-cores and --client-cores may overlap (both 0,1: all of a 2-core machine's
+cores for the workers), and the table's last column says how much CPU wrk took.
 
 With --profile, the service is then loaded once more with each one-digit body while py-spy samples its
 processes (on the client's cores; the threads that hold the GIL, that is Python's own work): flame-1-json.svg
@@ -293,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the service's batchers to measure, comma-separated: ours, bentoml (BentoML's adaptive"
                         " batching)")
     p.add_argument("--share-cores", action="store_true",
-                   help="let the server and wrk share cores (to measure workers on all cores; wrk's CPU is reported)")
+                   help="allow --service-cores and --client-cores to overlap (set both, e.g. to 0,1, to measure workers"
+                        " on all cores; wrk's CPU is reported)")
     p.add_argument("--profile", type=float, default=0, metavar="SECONDS",
                    help="then profile the service with py-spy for this long per one-digit body (0: no profile)")
     p.add_argument("--quick", action="store_true", help="2 s per body in one round, 1 s warm-up (what the tests run)")

@@ -1,7 +1,8 @@
-"""Write the README's curl examples: docs/examples/digit.json and digit.png.
+"""Write the documents' example inputs: docs/examples/digit.json, digit.png and digits.f32.
 
-digit.json: the first MNIST test digit (a 7) as the /classify body.
+digit.json: the first MNIST test digit (a 7) as the /classify body (the README's curl example).
 digit.png:  the third MNIST test digit (a 1) as a 200x200 PNG, dark on light, for /classify_image.
+digits.f32: the first 8 MNIST test digits, 8 x 28 x 28 float32 little-endian (models/ONNX.md's examples).
 
     python scripts/examples.py [--data data] [--out docs/examples]
 """
@@ -21,13 +22,14 @@ from mnist import DEFAULT_ROOT, read_split  # noqa: E402
 
 
 def write_examples(data: Path, out: Path) -> list[Path]:
-    images, _ = read_split("test", data, 3)
+    images, _ = read_split("test", data, 8)
     out.mkdir(parents=True, exist_ok=True)
     body = {"images": [np.round(images[0], 4).tolist()]}
     (out / "digit.json").write_text(json.dumps(body, separators=(",", ":")) + "\n")
     picture = Image.fromarray((255 - images[2] * 255).round().astype(np.uint8)).resize((200, 200), Image.BILINEAR)
     picture.save(out / "digit.png", optimize=True)
-    return [out / "digit.json", out / "digit.png"]
+    images.astype("<f4").tofile(out / "digits.f32")
+    return [out / "digit.json", out / "digit.png", out / "digits.f32"]
 
 
 if __name__ == "__main__":

@@ -10,9 +10,18 @@ MANIFESTS = sorted((Path(__file__).resolve().parents[1] / "deploy" / "kubernetes
 K8S_VERSION = "1.37.0"
 
 
-def test_there_are_cpu_and_gpu_deployments_a_service_and_an_autoscaler():
+def test_there_are_cpu_and_gpu_deployments_a_service_each_and_an_autoscaler():
     kinds = [yaml.safe_load(p.read_text())["kind"] for p in MANIFESTS]
-    assert sorted(kinds) == ["Deployment", "Deployment", "HorizontalPodAutoscaler", "Service"]
+    assert sorted(kinds) == ["Deployment", "Deployment", "HorizontalPodAutoscaler", "Service", "Service"]
+
+
+def test_each_service_selects_the_pods_of_exactly_one_deployment():
+    docs = [yaml.safe_load(p.read_text()) for p in MANIFESTS]
+    pods = {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"] for d in docs if d["kind"] == "Deployment"}
+    for service in (d for d in docs if d["kind"] == "Service"):
+        selector = service["spec"]["selector"].items()
+        chosen = [name for name, labels in pods.items() if selector <= labels.items()]
+        assert chosen == [service["metadata"]["name"]], (service["metadata"]["name"], chosen)
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)

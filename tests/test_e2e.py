@@ -1,13 +1,11 @@
-"""A real `bentoml serve` process, where the process is the point: Prometheus metrics, the README's curl
-lines, a plain client that sends its whole body before reading, memory round after round, and BentoML's
-own HTTP clients. The HTTP contract itself is tested in-process (tests/test_http.py, tests/test_hostile.py)."""
+"""A real `bentoml serve` process, where the process is the point: Prometheus metrics, a plain client that
+sends its whole body before reading, memory round after round, and BentoML's own HTTP clients (the
+README's curl lines: tests/test_docs.py). The HTTP contract itself is tested in-process (tests/test_http.py, tests/test_hostile.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 
@@ -33,24 +31,6 @@ def test_metrics_count_the_requests_served(service_url):
                    if line.startswith("bentoml_service_request_total{") and 'endpoint="/reconstruct"' in line)
 
     assert served(metrics.text) == served(before) + 1
-
-
-def test_the_readme_curl_examples_are_shipped_and_answer(service_url, mnist_root, tmp_path):
-    """docs/examples/digit.json (a 7) and digit.png (a 1) are what scripts/examples.py writes, and the
-    README's two curl commands, run as written, answer 7 and 1."""
-    made = subprocess.run([sys.executable, "scripts/examples.py", "--data", str(mnist_root), "--out", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True)
-    assert made.returncode == 0, made.stderr
-    for name in ("digit.json", "digit.png"):
-        assert (tmp_path / name).read_bytes() == (ROOT / "docs" / "examples" / name).read_bytes(), name
-    port = service_url.rsplit(":", 1)[1]
-    readme = (ROOT / "README.md").read_text()
-    answers = []
-    for command in [line[2:] for line in readme.splitlines() if line.startswith("$ curl -s -XPOST 127.0.0.1:3000/")]:
-        run = subprocess.run(command.replace("127.0.0.1:3000", f"127.0.0.1:{port}"), shell=True, cwd=ROOT,
-                             capture_output=True, text=True, timeout=60)
-        answers.append(json.loads(run.stdout))
-    assert len(answers) == 2 and answers[0]["labels"] == [7] and answers[1]["label"] == 1
 
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
@@ -87,27 +67,24 @@ def test_memory_does_not_grow_round_after_round_of_hostile_requests(service):
 
 
 def test_memory_per_accepted_large_request_is_bounded(service, mnist_root):
-    """60 full requests (256 digits; 50 raw float32, 10 JSON), about 80 MB of bodies in all: the service may
-    keep less than 128 kB per request. Holding on to each body or its array would keep 0.8 to 2.5 MB each."""
+    """50 full requests (256 digits as raw float32, 0.8 MB each, 40 MB in all): the service may keep less than
+    128 kB per request; holding on to each body or its array would keep 0.8 to 1.6 MB each. (JSON bodies go
+    through the same gate; measuring them would need ~40 warm-up requests first, while the JSON path's pools
+    grow, about 20 s on 2 cores.)"""
     images = read_split("test", mnist_root, 256)[0]
     octets = {"content": images.astype("<f4").tobytes(), "headers": OCTETS}
-    as_json = {"content": json.dumps({"images": images.tolist()}), "headers": JSON}
-    bodies = [octets] * 50 + [as_json] * 10
     with httpx.Client(base_url=service.url, timeout=60) as client:
-        def send(kwargs) -> None:
-            r = client.post("/classify", **kwargs)
+        def send() -> None:
+            r = client.post("/classify", **octets)
             assert r.status_code == 200 and len(r.json()["labels"]) == 256
 
-        # warm: the batch-256 buffers, and the JSON path's pools, which grow over its first ~40 requests
-        # and then stay flat (measured: +20 MB, +15, +15, +3, 0, +1.5 per 10 JSON requests)
-        for kwargs in [octets] * 5 + [as_json] * 40:
-            send(kwargs)
+        for _ in range(5):  # warm: the batch-256 buffers
+            send()
         before = rss_mb(service.pid)
-        for kwargs in bodies:
-            send(kwargs)
+        for _ in range(50):
+            send()
         grown = rss_mb(service.pid) - before
-    sent = sum(len(b["content"]) for b in bodies) / 2**20
-    assert grown < len(bodies) * 0.125, f"RSS grew {grown:.1f} MB over {len(bodies)} requests ({sent:.0f} MB sent)"
+    assert grown < 50 * 0.125, f"RSS grew {grown:.1f} MB over 50 requests (40 MB sent)"
 
 
 @pytest.fixture(scope="module")

@@ -156,3 +156,29 @@ def test_the_page_answers_an_upload_with_what_it_draws(client, digits, int8):
     assert np.abs(np.array(body["input"]) - images[0]).max() < 0.15  # a 28x28 digit comes back nearly as it was
     assert client.get("/ui/model.onnx").content == PUBLISHED_ONNX.with_name("capsnet-mnist-int8.onnx").read_bytes()
     assert client.get("/ui/decoder.onnx").content == PUBLISHED_ONNX.with_name("capsnet-mnist-decoder.onnx").read_bytes()
+
+
+def test_an_upload_is_decoded_off_the_event_loop(client, monkeypatch):
+    """Decoding an image of up to 16 M pixels must not stall the worker's other requests: it runs in a thread."""
+    import asyncio
+
+    import serving.routes
+    from serving.preprocess import preprocess
+
+    on_loop = []
+
+    def recording(data: bytes):
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:  # no loop runs in this thread: a worker thread
+            on_loop.append(False)
+        return preprocess(data)
+
+    if not IN_PROCESS:
+        pytest.skip("needs the in-process app")
+    monkeypatch.setattr(serving.routes, "preprocess", recording)
+    png = (PUBLISHED_ONNX.parents[1] / "docs" / "examples" / "digit.png").read_bytes()
+    assert client.post("/classify_image", files={"image": ("d.png", png)}).json()["label"] == 1
+    assert client.post("/ui/predict", files={"image": ("d.png", png)}).json()["label"] == 1
+    assert on_loop == [False, False]

@@ -5,10 +5,8 @@ comes from scripts/runtimes.py, which measures the same things on all 10,000 dig
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -71,19 +69,9 @@ def test_onnxruntime_node_gives_the_labels_python_gives(digits, node_modules, tm
     assert np.abs(np.array(answer["lengths"]) - reference).max() <= TOLERANCE["lengths"]
 
 
-def test_the_cards_python_example_runs_and_prints_what_it_says(mnist_root):
-    card = (ROOT / "models" / "ONNX.md").read_text()
-    code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
-    expected = re.search(r"print\(.*\)\s*# (.*)", code).group(1)
-    code = code.replace("data/MNIST/raw/", f"{mnist_root}/MNIST/raw/")
-    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.strip() == expected
-
-
-def test_the_readme_table_is_what_scripts_runtimes_wrote():
+def test_the_runtimes_table_is_what_scripts_runtimes_wrote():
     measured = json.loads((ROOT / "docs" / "runtimes.json").read_text())
-    assert measured["table"] in (ROOT / "README.md").read_text()
+    assert measured["table"] in (ROOT / "docs" / "runtimes.md").read_text()
     assert {(r["variant"], r["runtime"]) for r in measured["rows"] if r["loads"]} >= {
         (v, rt) for v in VARIANTS for rt in ("onnxruntime", "openvino", "onnxruntime-node")}
 

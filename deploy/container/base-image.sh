@@ -30,7 +30,7 @@ exists() {
 }
 
 if exists && [ -z "${REBUILD:-}" ]; then
-    step "$BASE_IMAGE is already here (REBUILD=1 to build it again)"
+    step "$BASE_IMAGE already exists (REBUILD=1 to build it again)"
     exit 0
 fi
 [ "$(id -u)" = 0 ] || fail "debootstrap needs root"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Run an image that build.sh made, with the same settings as `make serve`: deploy/container/run.sh [cpu|gpu]
 #
-# Environment: HOST (127.0.0.1), PORT (3000), CAPSNET_DEVICE, CAPSNET_VARIANT, CAPSNET_WORKERS, CAPSNET_THREADS, IMAGE
-# (default capsnet:cpu or capsnet:gpu). With `docker run` where an engine answers (the GPU image gets
+# Environment: HOST (127.0.0.1), PORT (3000), IMAGE (default capsnet:cpu or capsnet:gpu), and every setting of the
+# service (serving/settings.py) but CAPSNET_MODEL, passed into the container as set: CAPSNET_DEVICE, CAPSNET_VARIANT,
+# CAPSNET_WORKERS, CAPSNET_THREADS, CAPSNET_BATCHER, CAPSNET_ACCESS_LOG, CAPSNET_TRACING, CAPSNET_METRICS (the image
+# serves the model files it holds). With `docker run` where an engine answers (the GPU image gets
 # --gpus all), else `buildah run --isolation chroot`, which shares this machine's network, so the service
 # listens on HOST:PORT itself. Ctrl-C (or SIGTERM) stops the service gracefully and removes the container.
 set -euo pipefail
@@ -15,7 +17,8 @@ HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-3000}
 BENTO_PATH=/home/bentoml/bento
 envs=()
-for name in CAPSNET_DEVICE CAPSNET_VARIANT CAPSNET_WORKERS CAPSNET_THREADS; do
+for name in CAPSNET_DEVICE CAPSNET_VARIANT CAPSNET_WORKERS CAPSNET_THREADS CAPSNET_BATCHER CAPSNET_ACCESS_LOG \
+            CAPSNET_TRACING CAPSNET_METRICS; do
     if [ -n "${!name:-}" ]; then envs+=(--env "$name=${!name}"); fi
 done
 
@@ -49,6 +52,9 @@ stop() {
     done
     for _ in $(seq 40); do kill -0 "$runner" 2>/dev/null || break; sleep 0.5; done
     for pid in $procs; do kill -KILL "$pid" 2>/dev/null || true; done
+    # and buildah run itself, should it still wait on a child that is gone
+    for _ in $(seq 10); do kill -0 "$runner" 2>/dev/null || return 0; sleep 0.5; done
+    kill -KILL "$runner" 2>/dev/null || true
 }
 trap 'stop' INT TERM
 set +e
