@@ -24,7 +24,7 @@ QUICK_TRAIN_ARGS ?= --epochs 1 --limit 30000
 TRAIN_ARGS ?= $(QUICK_TRAIN_ARGS)
 PYTEST_ARGS ?=
 
-.PHONY: setup serve-setup publish-onnx web browser data train export serve loadtest loadtest-pinned build container container-gpu container-gpu-check container-run bench experiments docs-numbers \
+.PHONY: setup serve-setup publish-onnx web browser data train export serve loadtest loadtest-pinned build container container-gpu container-gpu-check container-run bench experiments docs-numbers gpu-stage \
         test test-quick clean help
 help:
 	@echo "make serve      a venv with the serving packages, then serve the published ONNX files on $(HOST):$(PORT)"
@@ -116,6 +116,10 @@ container-run:
 
 bench: $(ONNX) | setup
 	$(PY) -m export.bench --onnx $(ONNX) $(BENCH_ARGS)
+
+# The GPU session: stage its wheels here (parts of at most 40 MiB in .gpu-bundle/), run scripts/gpu-run.sh there.
+gpu-stage:
+	scripts/gpu-stage.sh
 
 # Re-measure the documents' marked numbers (the README's curl answers, export, load test, pinned) and rewrite
 # them in place from docs/numbers/ (scripts/docs_numbers.py; a few minutes on 2 cores).

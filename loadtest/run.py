@@ -137,9 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slo-users", type=int, default=16, help="user count at which the p99 SLO is checked")
     p.add_argument("--model", type=Path, default=Path("models/capsnet-mnist.onnx"), help="fp32 ONNX model to serve")
     p.add_argument("--variant", choices=["auto", *VARIANTS], default="auto",
-                   help="model variant (CAPSNET_VARIANT); auto: int8 on the CPU if it met its accuracy bar")
+                   help="model variant (CAPSNET_VARIANT); auto: int8 on the CPU, fp16 on CUDA, if it met its accuracy bar")
     p.add_argument("--locust-processes", type=int, default=1,
                    help="Locust processes (its --processes), for when one Locust process is the bottleneck")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where the service (CAPSNET_DEVICE) and the in-process reference run")
+    p.add_argument("--workers", type=int, default=None,
+                   help="the service's worker processes (CAPSNET_WORKERS; default: the service's own default)")
     p.add_argument("--port", type=int, default=None, help="service port (default: a free loopback port)")
     p.add_argument("--out", type=Path, default=Path("runs/loadtest"), help="report folder")
     p.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="MNIST root folder")
@@ -150,15 +154,16 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--images-per-request must be 1..{min(MAX_BATCH, args.digits)} (at most --digits)")
 
     args.out.mkdir(parents=True, exist_ok=True)
-    runtime = CapsNetRuntime(args.model, device="cpu", variant=args.variant)
-    variant = runtime.variant
+    runtime = CapsNetRuntime(args.model, device=args.device, variant=args.variant)
+    variant, runtime_providers = runtime.variant, runtime.providers
     digits = args.out / "digits.npz"
     prepare_digits(digits, runtime, args.digits, args.data)
     images = np.load(digits)["images"][:, None]
     before = in_process_images_per_s(runtime, images, args.in_process_seconds)
     print(f"in-process ONNX Runtime ({variant}), images/s by batch size: {before}", file=sys.stderr)
     env = {"CAPSNET_MODEL": str(args.model.resolve()), "CAPSNET_DIGITS": str(digits.resolve()),
-           "CAPSNET_DEVICE": "cpu", "CAPSNET_VARIANT": variant,
+           "CAPSNET_DEVICE": args.device, "CAPSNET_VARIANT": variant,
+           **({"CAPSNET_WORKERS": str(args.workers)} if args.workers else {}),
            "CAPSNET_LOAD_IMAGES": str(args.images_per_request), "CAPSNET_LOAD_BODY": args.body}
     steps = []
     with running_service(args.port, env=env, log=args.out / "service.log") as service:
@@ -184,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(f"p99 {slo_step['p99_ms']:.0f} ms at {args.slo_users} users > {args.slo_p99_ms:.0f} ms")
     summary = {
         "model": str(args.model), "variant": variant, "date": time.strftime("%Y-%m-%d %H:%M"),
-        "cpus": os.cpu_count(), "images_per_request": args.images_per_request, "body": args.body,
+        "cpus": os.cpu_count(), "device": args.device, "providers": runtime_providers,
+        "workers": args.workers, "images_per_request": args.images_per_request, "body": args.body,
         "in_process_images_per_s": rates, "in_process_before_after": [before, after],
         "in_process_best_images_per_s": in_process, "steps": steps,
         "best_fraction_of_in_process": max(s["fraction_of_in_process"] for s in steps),

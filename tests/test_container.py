@@ -80,9 +80,11 @@ def running(built, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("container") / "run.log"
     with open(log, "w") as out:
+        # Ctrl-C's default disposition, as in a terminal: a test run started in the background of a shell
+        # without job control inherits SIGINT ignored, which run.sh could then not trap
         proc = subprocess.Popen(["make", "container-run", f"PORT={port}", "HOST=127.0.0.1"], cwd=ROOT,
                                 env={**built, "CAPSNET_THREADS": "1"}, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         started = time.perf_counter()
         try:
             wait_ready(f"http://127.0.0.1:{port}", 180, proc)

@@ -31,3 +31,42 @@ def test_dry_run_packs_the_run_chosen_by_validation(tmp_path, mnist_root):
     assert selection["chosen"] == chosen
     _, info = load_weights(pack / "capsnet" / "checkpoint.safetensors")
     assert info["seed"] == int(chosen.removeprefix("capsnet-s"))
+
+
+def gpu_run(out: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "scripts/gpu-run.sh", "--dry-run", "--out", str(out), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_the_gpu_run_in_its_cpu_dry_run_does_every_step(tmp_path):
+    """scripts/gpu-run.sh --dry-run: the GPU session's steps on the CPU, tiny sizes, each with its result file."""
+    run = gpu_run(tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    steps = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert [(s["step"], s.get("rc")) for s in steps] == [
+        ("serving", 0), ("sweep", 0), ("bench", 0), ("scaling-w1", 0), ("tests", 0)], steps
+    serving = json.loads((tmp_path / "serving.json").read_text())
+    assert serving["ok"] and serving["metadata"]["providers"] == ["CPUExecutionProvider"]
+    assert serving["metadata"]["variant"] == "fp16" and serving["labels_agree_with_cpu"] == serving["digits"] == 64
+    sweep = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    assert sweep["device"] == "cpu" and sweep["variant"] == "fp16" and sweep["steps"][0]["failures"] == 0
+    assert sweep["steps"][0]["requests"] > 0
+    bench = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert {"pytorch-eager", "ort-fp32"} <= set(bench["images_per_s"])
+    scaling = json.loads((tmp_path / "scaling-w1" / "summary.json").read_text())
+    assert scaling["workers"] == 1 and scaling["steps"][0]["failures"] == 0
+    assert "skipped" in (tmp_path / "tests.log").read_text()  # the GPU-marked tests, skipped without CUDA
+    summary = (tmp_path / "summary.md").read_text()
+    for part in ("| serving | exit 0", "Serving: cpu, variant fp16", "Sweep (cpu, fp16", "Throughput (cpu",
+                 "CPU scaling"):
+        assert part in summary, part
+
+
+def test_a_step_the_time_left_does_not_allow_is_skipped_and_said(tmp_path):
+    run = gpu_run(tmp_path, "--budget", "30")
+    assert run.returncode == 0, run.stderr[-3000:]
+    steps = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert [(s["step"], s["skipped"].split(",")[0]) for s in steps] == [
+        ("serving", "needs up to 120 s"), ("sweep", "needs up to 77 s"), ("bench", "needs up to 240 s"),
+        ("scaling-w1", "needs up to 47 s"), ("tests", "needs up to 120 s")]
+    assert "gpu-run: skip serving (needs up to 120 s" in run.stderr
