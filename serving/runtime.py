@@ -102,8 +102,7 @@ def check_graph(session: ort.InferenceSession, model_path: Path) -> str:
         found = [(i.name, i.type, i.shape) for i in inputs]
         raise ModelError(f"{model_path}: expected one float input of shape [N, 1, {IMAGE_SIZE}, {IMAGE_SIZE}],"
                          f" found {found}")
-    missing = NEEDED_OUTPUTS - outputs
-    if missing:
+    if missing := NEEDED_OUTPUTS - outputs:
         raise ModelError(f"{model_path}: the graph has no output {', '.join(sorted(missing))}"
                          f" (outputs: {', '.join(sorted(outputs))}); was it made by `python -m export`?")
     return inputs[0].name
@@ -112,7 +111,6 @@ def check_graph(session: ort.InferenceSession, model_path: Path) -> str:
 @dataclass
 class Choice:
     """The session the service runs, and why it is that one."""
-
     variant: str
     path: Path
     session: ort.InferenceSession
@@ -184,7 +182,6 @@ class Prediction:
 @dataclass(frozen=True)
 class Explanation:
     """A prediction and what it rests on: the winning capsule's pose and its last routing."""
-
     labels: np.ndarray  # (N,) int64
     lengths: np.ndarray  # (N, 10)
     poses: np.ndarray  # (N, 16): the winning capsule's
