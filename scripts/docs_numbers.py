@@ -63,7 +63,7 @@ def measure_examples() -> tuple[str, str]:
 
     with running_service(port=3000, env={"CAPSNET_DEVICE": "cpu"}):
         text = "".join(f"$ {curl}\n{run(curl).strip()}\n" for curl in CURLS)
-    return "make serve; then the two curl lines", text
+    return "bentoml serve serving.service:CapsNet (what make serve runs) on 127.0.0.1:3000, then the two curl lines", text
 
 
 def measure_export() -> tuple[str, str]:
