@@ -28,18 +28,20 @@ async def reply(send: Send, status: int, error: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def refuse_too_large(receive: Receive, send: Send, max_bytes: int, read: int, declared: int | None) -> None:
-    """413 for a body over max_bytes of which `read` bytes were read. The rest of it is read and dropped
-    first when the whole body stays within DRAIN_LIMIT: a server that answers and closes while the client is
-    still sending makes the client's kernel see a reset, and a plain client never reads the answer."""
-    while read <= DRAIN_LIMIT and (declared is None or declared <= DRAIN_LIMIT):
+async def refuse_too_large(receive: Receive, send: Send, max_bytes: int, read: int, declared: int | None,
+                           complete: bool = False) -> None:
+    """413 for a body over max_bytes of which `read` bytes were read (all of it when `complete`). The rest of it
+    is read and dropped first when the whole body stays within DRAIN_LIMIT: a server that answers and closes
+    while the client is still sending makes the client's kernel see a reset, and a plain client never reads
+    the answer."""
+    while not complete and read <= DRAIN_LIMIT and (declared is None or declared <= DRAIN_LIMIT):
         message = await receive()
         if message["type"] == "http.disconnect":
             return
         read += len(message.get("body", b""))
         if not message.get("more_body", False):
             break
-    await reply(send, 413, f"request body over {max_bytes:,} bytes")  # the same answer as a whole body's
+    await reply(send, 413, f"request body over {max_bytes:,} bytes")
 
 
 def media_type(raw: str) -> str:
@@ -85,10 +87,8 @@ class RequestGate:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             more = message.get("more_body", False)
-            if size > self.max_bytes and not more:  # all of it is here: nothing left to drain
-                return await reply(send, 413, f"request body over {self.max_bytes:,} bytes")
             if size > self.max_bytes:
-                return await refuse_too_large(receive, send, self.max_bytes, size, declared)
+                return await refuse_too_large(receive, send, self.max_bytes, size, declared, complete=not more)
             if not more:
                 break
         raw_type = headers.get(b"content-type", b"").decode("latin-1")

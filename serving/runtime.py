@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from serving.inputs import IMAGE_SIZE, MAX_BATCH
-from serving.settings import VARIANTS, check_device, check_variant
+from serving.settings import check_device, check_variant
 
 PREFERRED_VARIANT = {"cpu": "int8", "cuda": "fp16"}
 # the outputs the service reads, checked at start-up
