@@ -24,13 +24,13 @@ QUICK_TRAIN_ARGS ?= --epochs 1 --limit 30000
 TRAIN_ARGS ?= $(QUICK_TRAIN_ARGS)
 PYTEST_ARGS ?=
 
-.PHONY: setup serve-setup publish-onnx web browser data train export serve loadtest loadtest-pinned build container container-gpu container-gpu-check container-run bench experiments docs-numbers gpu-stage \
+.PHONY: setup serve-setup publish-onnx web browser haproxy replicas data train export serve loadtest loadtest-pinned build container container-gpu container-gpu-check container-run bench experiments docs-numbers gpu-stage \
         test test-quick clean help
 help:
 	@echo "make serve      a venv with the serving packages, then serve the published ONNX files on $(HOST):$(PORT)"
 	@echo "make test       run the test suite (make test-quick: the in-process part, for the inner loop)"
 	@echo "make container  the CPU image (Docker, else buildah), then make container-run serves it on $(HOST):$(PORT)"
-	@echo "make setup | data | train | export | loadtest | build | container-gpu | bench | experiments | clean"
+	@echo "make setup | data | train | export | loadtest | replicas | build | container-gpu | bench | experiments | clean"
 
 # Two sets of packages in one venv: serving only (ONNX Runtime, BentoML, numpy, Pillow: what make serve,
 # build and container need with the published ONNX files), or everything (PyTorch, Locust, the tests).
@@ -52,13 +52,19 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 
 serve-setup: $(VENV)/.serve
 
-setup: $(VENV)/.installed browser
+setup: $(VENV)/.installed browser haproxy
 
 # Debian's Chromium for the page test (tests/test_ui.py), where this machine lets us install it.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
 	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "note: Debian's chromium could not be installed here; tests/test_ui.py will be skipped"
+
+# Debian's HAProxy for make replicas and tests/test_replicas.py, where this machine lets us install it.
+haproxy:
+	@command -v haproxy >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; } \
+	  || echo "note: Debian's haproxy could not be installed here; make replicas cannot run"
 
 data: setup
 	$(PY) -c "from mnist import ensure_mnist; print(ensure_mnist())"
@@ -81,6 +87,12 @@ publish-onnx: setup
 
 serve: $(if $(filter $(EXPORTED),$(CAPSNET_MODEL)),$(EXPORTED)) | serve-setup
 	CAPSNET_MODEL=$(CAPSNET_MODEL) $(VENV)/bin/bentoml serve serving.service:CapsNet --host $(HOST) --port $(PORT)
+
+# Two replicas behind HAProxy (deploy/haproxy/haproxy.cfg) under Locust, restarted one after the other
+# mid-run; REPLICAS_ARGS="--mode kill" kills one instead (python -m loadtest.replicas --help).
+REPLICAS_ARGS ?=
+replicas: $(ONNX) | setup
+	$(PY) -m loadtest.replicas --model $(ONNX) $(REPLICAS_ARGS)
 
 loadtest: $(ONNX) | setup
 	$(PY) -m loadtest --model $(ONNX) $(LOADTEST_ARGS)

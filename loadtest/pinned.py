@@ -41,7 +41,7 @@ import numpy as np
 import psutil
 
 from loadtest.flame import self_time_by_package
-from loadtest.server import children_cpu_seconds, free_port, wait_ready
+from loadtest.server import children_cpu_seconds, free_port, stop_tree, wait_ready
 from mnist import DEFAULT_ROOT, read_split
 from serving.batching import BATCHERS
 from serving.runtime import CapsNetRuntime, read_metadata
@@ -114,8 +114,7 @@ def server(kind: str, model: Path, variant: str, service_cores: set[int], log: P
             wait_ready(f"http://127.0.0.1:{port}", 180, proc)
             yield f"http://127.0.0.1:{port}", proc.pid
         finally:
-            os.killpg(proc.pid, 15)
-            proc.wait(timeout=30)
+            stop_tree(proc)
 
 
 def cpu_seconds(pid: int) -> float:

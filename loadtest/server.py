@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import psutil
+
 SERVICE = "serving.service:CapsNet"
 HOST = "127.0.0.1"
 
@@ -32,7 +34,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+def wait_ready(url: str, timeout: float, proc: subprocess.Popen | None = None, interval: float = 0.5) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -43,7 +45,7 @@ def wait_ready(url: str, timeout: float, proc: subprocess.Popen | None = None) -
                     return
         except OSError:
             pass
-        time.sleep(0.5)
+        time.sleep(interval)
     raise TimeoutError(f"{url}/readyz not ready after {timeout:.0f} s")
 
 
@@ -75,11 +77,26 @@ def running_service(port: int | None = None, target: str = SERVICE, env: dict[st
             raise type(err)(f"{err}; the end of its log:\n{out.read()[-3000:]}") from None
         yield Service(url, proc.pid)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_tree(proc)
         out.close()
+
+
+def stop_tree(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop a `bentoml serve` process and its workers now, without their drain, and leave none behind.
+
+    Its workers run in sessions of their own (BentoML's process manager starts them so), so a signal to its
+    process group misses them, and a SIGKILL to it alone would leave them serving. SIGTERM goes to it and
+    to each worker (a worker's second SIGTERM, after its manager's, skips the drain window); whatever is
+    still there after `timeout` seconds is killed."""
+    try:
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for p in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(tree, timeout=timeout)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    proc.wait()

@@ -11,6 +11,14 @@
     CAPSNET_ACCESS_LOG  1 turns BentoML's access log on (default off)
     CAPSNET_TRACING     1 keeps BentoML's tracing middleware on every route (default off)
     CAPSNET_METRICS     0 turns the Prometheus metrics and GET /metrics off (default on)
+    CAPSNET_DRAIN_SECONDS   after SIGTERM, how long a worker keeps answering (not ready, Connection: close)
+                        before it stops taking connections (default 5; serving/lifecycle.py)
+    CAPSNET_DRAIN_TIMEOUT   then, how long the requests still running may take before the worker exits anyway
+                        (default 10)
+    CAPSNET_READ_TIMEOUT    seconds a request may take to arrive whole (header and body), counted from the
+                        connection's start or its previous answer; then it is closed (default 10;
+                        serving/connections.py)
+    CAPSNET_MAX_CONNECTIONS open connections per worker; one over it is closed at once (default 1000)
 
 A value that cannot be read raises SettingsError, whose message names the variable and what it takes;
 the service turns it into `capsnet: cannot start: ...` and exit code 1.
@@ -69,6 +77,10 @@ class Settings:
     access_log: bool = False
     tracing: bool = False
     metrics: bool = True
+    drain_seconds: float = 5.0
+    drain_timeout: float = 10.0
+    read_timeout: float = 10.0
+    max_connections: int = 1000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -88,7 +100,12 @@ class Settings:
                    variant=check_variant(raw("VARIANT") or "auto"), workers=workers, threads=threads,
                    batcher=batcher, access_log=flag("CAPSNET_ACCESS_LOG", raw("ACCESS_LOG"), False),
                    tracing=flag("CAPSNET_TRACING", raw("TRACING"), False),
-                   metrics=flag("CAPSNET_METRICS", raw("METRICS"), True))
+                   metrics=flag("CAPSNET_METRICS", raw("METRICS"), True),
+                   drain_seconds=seconds("CAPSNET_DRAIN_SECONDS", raw("DRAIN_SECONDS"), cls.drain_seconds),
+                   drain_timeout=seconds("CAPSNET_DRAIN_TIMEOUT", raw("DRAIN_TIMEOUT"), cls.drain_timeout),
+                   read_timeout=seconds("CAPSNET_READ_TIMEOUT", raw("READ_TIMEOUT"), cls.read_timeout, least=0.1),
+                   max_connections=(whole("CAPSNET_MAX_CONNECTIONS", raw("MAX_CONNECTIONS"), 1)
+                                    if raw("MAX_CONNECTIONS") else cls.max_connections))
 
 
 def whole(name: str, raw: str, least: int) -> int:
@@ -96,6 +113,19 @@ def whole(name: str, raw: str, least: int) -> int:
     if not raw.isdigit() or int(raw) < least:
         raise SettingsError(f"{name}={raw!r}: expected a whole number of {least} or more")
     return int(raw)
+
+
+def seconds(name: str, raw: str, default: float, least: float = 0.0) -> float:
+    """A number of seconds of at least `least` (unset: default); else SettingsError."""
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value >= least or value == float("inf"):
+        raise SettingsError(f"{name}={raw!r}: expected a number of seconds, {least:g} or more")
+    return value
 
 
 def flag(name: str, raw: str, default: bool) -> bool:

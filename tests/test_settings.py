@@ -15,15 +15,18 @@ def test_the_defaults():
     assert s.workers == max(1, usable_cores() // 2)
     assert s.threads == (0 if s.workers == 1 else max(1, usable_cores() // s.workers))
     assert s.batcher == "ours" and not s.access_log and not s.tracing and s.metrics
+    assert (s.drain_seconds, s.drain_timeout, s.read_timeout, s.max_connections) == (5.0, 10.0, 10.0, 1000)
 
 
 def test_each_setting_is_read():
     s = Settings.from_env({"CAPSNET_MODEL": "artifacts/capsnet.onnx", "CAPSNET_DEVICE": "cuda",
                            "CAPSNET_VARIANT": "fp16", "CAPSNET_WORKERS": "3", "CAPSNET_THREADS": "2",
                            "CAPSNET_BATCHER": "bentoml", "CAPSNET_ACCESS_LOG": "yes", "CAPSNET_TRACING": "ON",
-                           "CAPSNET_METRICS": "off"})
+                           "CAPSNET_METRICS": "off", "CAPSNET_DRAIN_SECONDS": "0", "CAPSNET_DRAIN_TIMEOUT": "2.5",
+                           "CAPSNET_READ_TIMEOUT": "0.5", "CAPSNET_MAX_CONNECTIONS": "64"})
     assert s == Settings(model=PROJECT / "artifacts" / "capsnet.onnx", device="cuda", variant="fp16", workers=3,
-                         threads=2, batcher="bentoml", access_log=True, tracing=True, metrics=False)
+                         threads=2, batcher="bentoml", access_log=True, tracing=True, metrics=False,
+                         drain_seconds=0.0, drain_timeout=2.5, read_timeout=0.5, max_connections=64)
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.workers = 1  # type: ignore[misc]
 
@@ -42,6 +45,11 @@ def test_threads_divide_the_cores_among_the_workers():
     ("VARIANT", "int4", "CAPSNET_VARIANT='int4': expected auto or one of fp32, int8, fp16"),
     ("BATCHER", "fastest", "CAPSNET_BATCHER must be one of ours, bentoml; got 'fastest'"),
     ("METRICS", "maybe", "CAPSNET_METRICS='maybe': expected 1 or 0"),
+    ("DRAIN_SECONDS", "-1", "CAPSNET_DRAIN_SECONDS='-1': expected a number of seconds, 0 or more"),
+    ("DRAIN_TIMEOUT", "soon", "CAPSNET_DRAIN_TIMEOUT='soon': expected a number of seconds, 0 or more"),
+    ("READ_TIMEOUT", "0", "CAPSNET_READ_TIMEOUT='0': expected a number of seconds, 0.1 or more"),
+    ("READ_TIMEOUT", "inf", "CAPSNET_READ_TIMEOUT='inf': expected a number of seconds, 0.1 or more"),
+    ("MAX_CONNECTIONS", "0", "CAPSNET_MAX_CONNECTIONS='0': expected a whole number of 1 or more"),
 ])
 def test_a_bad_value_names_the_variable_and_what_it_takes(name, value, message):
     with pytest.raises(SettingsError) as err:
