@@ -187,6 +187,24 @@ def failure_kinds(path: Path) -> dict[str, int]:
         return {row["Error"]: int(row["Occurrences"]) for row in csv.DictReader(f)}
 
 
+def summary(report: dict) -> str:
+    what = "rolling restart" if report["mode"] == "rolling" else "one replica SIGKILLed"
+    lines = [f"{what}: {report['replicas']} replicas behind HAProxy, {report['users']} Locust users for"
+             f" {report['seconds']} s, one digit per request, drain window {report['drain_seconds']:g} s"]
+    for e in report["events"]:
+        if report["mode"] == "rolling":
+            lines.append(f"  {e['replica']}: SIGTERM at {e['sigterm_at_s']:.1f} s, exited {e['exit_code']} after"
+                         f" {e['exited_after_s']:.1f} s, ready again {e['ready_again_after_s']:.1f} s after the signal"
+                         f" (start-up {e['start_s']:.1f} s)")
+        else:
+            lines.append(f"  {e['replica']}: SIGKILL at {e['killed_at_s']:.1f} s; its replacement ready after"
+                         f" {e['replacement_ready_after_s']:.2f} s, answering after {e['replacement_answered_after_s']:.2f} s")
+    kinds = "".join(f"; {n} x {error}" for error, n in report["failure_kinds"].items())
+    lines.append(f"  {report['requests']:,} requests, {report['failures']} failed{kinds}"
+                 f" ({report['requests_per_s']} req/s, p50 {report['p50_ms']:g} ms, p99 {report['p99_ms']:g} ms)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtest.replicas", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -205,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.seconds, args.users, args.drain_seconds = QUICK["seconds"], QUICK["users"], QUICK["drain_seconds"]
     report = run(args)
-    print(json.dumps(report, indent=2))
+    print(summary(report))
+    print(f"report: {args.out / 'report.json'}")
     if args.mode == "rolling" and (report["failures"] != 0 or not report["events_within_run"]):
         return 1
     return 0

@@ -84,8 +84,22 @@ def measure_pinned() -> tuple[str, str]:
     return command, out[out.index("In-process ONNX Runtime"):]
 
 
+def measure_replicas() -> tuple[str, str]:
+    """Two rolling restarts and one SIGKILL, each a 60 s Locust run through HAProxy."""
+    commands = [f".venv/bin/python -m loadtest.replicas --mode {mode} --out runs/docs-replicas-{i}"
+                for i, mode in enumerate(("rolling", "rolling", "kill"), 1)]
+    texts = [run(command) for command in commands]
+    return "; ".join(commands), "".join(f"$ {c}\n{t}" for c, t in zip(commands, texts))
+
+
+def measure_slowclients() -> tuple[str, str]:
+    command = ".venv/bin/python -m loadtest.slowclients --out runs/docs-slowclients"
+    return command, run(command)
+
+
 MEASURES: dict[str, Callable[[], tuple[str, str]]] = {
-    "examples": measure_examples, "export": measure_export, "loadtest": measure_loadtest, "pinned": measure_pinned}
+    "examples": measure_examples, "export": measure_export, "loadtest": measure_loadtest, "pinned": measure_pinned,
+    "replicas": measure_replicas, "slowclients": measure_slowclients}
 
 
 def render(name: str) -> str:

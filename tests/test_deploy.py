@@ -43,6 +43,17 @@ def test_deployments_probe_the_service_health_routes():
     assert gpu["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
+def test_a_stopping_pod_drains_within_its_grace_period():
+    for kind in ("cpu", "gpu"):
+        pod = yaml.safe_load((MANIFESTS[0].parent / f"deployment-{kind}.yaml").read_text())["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        env = {e["name"]: float(e["value"]) for e in container["env"] if e["name"].startswith("CAPSNET_DRAIN")}
+        pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        assert pre_stop + env["CAPSNET_DRAIN_SECONDS"] + env["CAPSNET_DRAIN_TIMEOUT"] < pod["terminationGracePeriodSeconds"]
+        assert container["startupProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["readinessProbe"]["periodSeconds"] < env["CAPSNET_DRAIN_SECONDS"]  # noticed within the window
+
+
 def test_the_deployments_name_the_images_that_make_container_tags():
     build = (MANIFESTS[0].parents[1] / "container" / "build.sh").read_text()
     assert "IMAGE=${IMAGE:-capsnet:$KIND}" in build

@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Run an image that build.sh made, with the same settings as `make serve`: deploy/container/run.sh [cpu|gpu]
 #
-# Environment: HOST (127.0.0.1), PORT (3000), IMAGE (default capsnet:cpu or capsnet:gpu), and every setting of the
-# service (serving/settings.py) but CAPSNET_MODEL, passed into the container as set: CAPSNET_DEVICE, CAPSNET_VARIANT,
-# CAPSNET_WORKERS, CAPSNET_THREADS, CAPSNET_BATCHER, CAPSNET_ACCESS_LOG, CAPSNET_TRACING, CAPSNET_METRICS (the image
+# Environment: HOST (127.0.0.1), PORT (3000), IMAGE (default capsnet:cpu or capsnet:gpu), and every CAPSNET_*
+# setting of the service (serving/settings.py) but CAPSNET_MODEL, passed into the container as set (the image
 # serves the model files it holds). With `docker run` where an engine answers (the GPU image gets
 # --gpus all), else `buildah run --isolation chroot`, which shares this machine's network, so the service
 # listens on HOST:PORT itself. Ctrl-C (or SIGTERM) stops the service gracefully and removes the container.
@@ -17,9 +16,8 @@ HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-3000}
 BENTO_PATH=/home/bentoml/bento
 envs=()
-for name in CAPSNET_DEVICE CAPSNET_VARIANT CAPSNET_WORKERS CAPSNET_THREADS CAPSNET_BATCHER CAPSNET_ACCESS_LOG \
-            CAPSNET_TRACING CAPSNET_METRICS; do
-    if [ -n "${!name:-}" ]; then envs+=(--env "$name=${!name}"); fi
+for name in $(compgen -e | grep '^CAPSNET_' | grep -vx CAPSNET_MODEL); do
+    envs+=(--env "$name=${!name}")
 done
 
 detect_builder
