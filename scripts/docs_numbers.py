@@ -75,7 +75,7 @@ def measure_export() -> tuple[str, str]:
 
 def measure_loadtest() -> tuple[str, str]:
     command = ".venv/bin/python -m loadtest --users 1 4 16 --duration 10 --out runs/docs-loadtest"
-    return command, run(f"{command} 2>&1 | grep -v '^{{'")
+    return command, run(f"{command} 2>&1 | grep -v '^{{' | grep -v ' users for '")
 
 
 def measure_pinned() -> tuple[str, str]:
@@ -84,12 +84,21 @@ def measure_pinned() -> tuple[str, str]:
     return command, out[out.index("In-process ONNX Runtime"):]
 
 
-def measure_replicas() -> tuple[str, str]:
-    """Two rolling restarts and one SIGKILL, each a 60 s Locust run through HAProxy."""
-    commands = [f".venv/bin/python -m loadtest.replicas --mode {mode} --out runs/docs-replicas-{i}"
-                for i, mode in enumerate(("rolling", "rolling", "kill"), 1)]
+def replicas_runs(runs: list[tuple[str, str]]) -> tuple[str, str]:
+    """60 s Locust runs through HAProxy: (mode, --out folder) each."""
+    commands = [f".venv/bin/python -m loadtest.replicas --mode {mode} --out runs/{out}" for mode, out in runs]
     texts = [run(command) for command in commands]
     return "; ".join(commands), "".join(f"$ {c}\n{t}" for c, t in zip(commands, texts))
+
+
+def measure_replicas() -> tuple[str, str]:
+    """A rolling restart (the README)."""
+    return replicas_runs([("rolling", "docs-replicas-1")])
+
+
+def measure_replicas_again() -> tuple[str, str]:
+    """The rolling restart again (measured twice), and one replica SIGKILLed (docs/serving.md)."""
+    return replicas_runs([("rolling", "docs-replicas-2"), ("kill", "docs-replicas-3")])
 
 
 def measure_slowclients() -> tuple[str, str]:
@@ -99,7 +108,7 @@ def measure_slowclients() -> tuple[str, str]:
 
 MEASURES: dict[str, Callable[[], tuple[str, str]]] = {
     "examples": measure_examples, "export": measure_export, "loadtest": measure_loadtest, "pinned": measure_pinned,
-    "replicas": measure_replicas, "slowclients": measure_slowclients}
+    "replicas": measure_replicas, "replicas-again": measure_replicas_again, "slowclients": measure_slowclients}
 
 
 def render(name: str) -> str:

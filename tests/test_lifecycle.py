@@ -34,6 +34,8 @@ def test_while_draining_readiness_is_503_and_every_answer_closes_its_connection(
         answer = client.post("/classify", json={"images": images[:2].tolist()})
         assert answer.status_code == 200 and answer.json()["labels"] == expected[:2].tolist()
         assert answer.headers["connection"] == "close"
+        refused = client.post("/classify", content=b"x", headers={"Content-Length": "x"})  # the gate's own answer
+        assert refused.status_code == 400 and refused.headers["connection"] == "close"
     finally:
         drain.draining = False
     assert client.get("/readyz").status_code == 200
