@@ -24,13 +24,13 @@ QUICK_TRAIN_ARGS ?= --epochs 1 --limit 30000
 TRAIN_ARGS ?= $(QUICK_TRAIN_ARGS)
 PYTEST_ARGS ?=
 
-.PHONY: setup serve-setup publish-onnx web browser haproxy replicas data train export serve loadtest loadtest-pinned build container container-gpu container-gpu-check container-run bench experiments docs-numbers gpu-stage \
+.PHONY: setup serve-setup publish-onnx web browser haproxy replicas peers peers-setup data train export serve loadtest loadtest-pinned build container container-gpu container-gpu-check container-run bench experiments docs-numbers gpu-stage \
         test test-quick clean help
 help:
 	@echo "make serve      a venv with the serving packages, then serve the published ONNX files on $(HOST):$(PORT)"
 	@echo "make test       run the test suite (make test-quick: the in-process part, for the inner loop)"
 	@echo "make container  the CPU image (Docker, else buildah), then make container-run serves it on $(HOST):$(PORT)"
-	@echo "make setup | data | train | export | loadtest | replicas | build | container-gpu | bench | experiments | clean"
+	@echo "make setup | data | train | export | loadtest | replicas | peers | build | container-gpu | bench | experiments | clean"
 
 # Two sets of packages in one venv: serving only (ONNX Runtime, BentoML, numpy, Pillow: what make serve,
 # build and container need with the published ONNX files), or everything (PyTorch, Locust, the tests).
@@ -88,6 +88,27 @@ publish-onnx: setup
 serve: $(if $(filter $(EXPORTED),$(CAPSNET_MODEL)),$(EXPORTED)) | serve-setup
 	CAPSNET_MODEL=$(CAPSNET_MODEL) $(VENV)/bin/bentoml serve serving.service:CapsNet --host $(HOST) --port $(PORT)
 
+# The serving peers (PyTriton, LitServe, Ray Serve) in a venv of their own: PyTriton holds numpy below 2.
+PEERS_VENV := .venv-peers
+PEERS_PIP := $(if $(HOST_PIP),$(PYTHON) -m pip --python $(PEERS_VENV)/bin/python,$(PEERS_VENV)/bin/python -m pip)
+$(PEERS_VENV)/bin/python:
+	$(PYTHON) -m venv $(if $(HOST_PIP),--without-pip) $(PEERS_VENV)
+
+$(PEERS_VENV)/.triton: pyproject.toml | $(PEERS_VENV)/bin/python
+	$(PEERS_PIP) install -q --no-compile -e '.[triton-peer]'
+	touch $@
+
+$(PEERS_VENV)/.installed: pyproject.toml | $(PEERS_VENV)/bin/python
+	$(PEERS_PIP) install -q -e '.[peers]'
+	touch $@ $(PEERS_VENV)/.triton
+
+peers-setup: $(PEERS_VENV)/.installed
+
+# The service against the serving peers, side by side on one pinned core (python -m loadtest.peers --help).
+PEERS_ARGS ?=
+peers: $(ONNX) | setup peers-setup
+	$(PY) -m loadtest.peers --model $(ONNX) $(PEERS_ARGS)
+
 # Two replicas behind HAProxy (deploy/haproxy/haproxy.cfg) under Locust, restarted one after the other
 # mid-run; REPLICAS_ARGS="--mode kill" kills one instead (python -m loadtest.replicas --help).
 REPLICAS_ARGS ?=
@@ -142,7 +163,8 @@ experiments: setup
 	$(PY) -m training.evaluate --out docs/experiments
 
 # The whole suite, with its 15 slowest tests listed at the end.
-test: setup
+# the tests run the peers' quick mode with PyTriton (tests/test_peers.py)
+test: setup $(PEERS_VENV)/.triton
 	$(PY) -m pytest -rs --durations=15 $(PYTEST_ARGS)
 
 # The inner loop: everything that runs in-process (the HTTP contract, hostile inputs, the runtime, the batcher,

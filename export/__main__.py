@@ -9,6 +9,7 @@ from pathlib import Path
 
 from export.onnx_export import DEFAULT_OPSET, VerificationError, export_and_verify, report_path
 from export.artifact import VARIANTS
+from export.triton import write_repository
 from mnist import DEFAULT_ROOT
 
 
@@ -45,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name} variant: {v['test_accuracy_ort']:.4%} (loss against fp32: {v['accuracy_loss_points']:.2f} points;"
               f" {verdict} the {v['accuracy_bar_points']}-point bar; routing map within"
               f" {v['against_torch']['max_abs_diff_routing_map']:.2g} of PyTorch) -> {v['onnx']}")
-    print(f"wrote {args.out} and {report_path(args.out)} ({report['seconds']} s)")
+    triton = write_repository(args.out, args.out.parent / "triton")
+    print(f"wrote {args.out} and {report_path(args.out)} ({report['seconds']} s); a Triton model repository in"
+          f" {triton.parent}")
     return 0
 
 

@@ -130,11 +130,12 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def wrk(url: str, script: Path, client_cores: set[int], connections: int, seconds: float) -> dict:
-    """One wrk run; also the CPU seconds wrk itself took."""
+def wrk(url: str, script: Path, client_cores: set[int], connections: int, seconds: float, path: str = "/classify"
+        ) -> dict:
+    """One wrk run against url + path; also the CPU seconds wrk itself took."""
     cpu_before = children_cpu_seconds()
     run = subprocess.run(["taskset", "-c", ",".join(map(str, sorted(client_cores))), "wrk", "-t1",
-                          f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script), url + "/classify"],
+                          f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script), url + path],
                          capture_output=True, text=True, timeout=seconds + 60)
     if run.returncode != 0:
         raise RuntimeError(f"wrk failed (exit {run.returncode}): {run.stderr.strip()} {run.stdout.strip()[-500:]}")
@@ -296,10 +297,10 @@ def main(argv: list[str] | None = None) -> int:
                         " on all cores; wrk's CPU is reported)")
     p.add_argument("--profile", type=float, default=0, metavar="SECONDS",
                    help="then profile the service with py-spy for this long per one-digit body (0: no profile)")
-    p.add_argument("--quick", action="store_true", help="2 s per body in one round, 1 s warm-up (what the tests run)")
+    p.add_argument("--quick", action="store_true", help="1 s per body in one round, 1 s warm-up (what the tests run)")
     args = p.parse_args(argv)
     if args.quick:
-        args.seconds, args.warmup, args.in_process_seconds, args.rounds = 2, 1, 0.5, 1
+        args.seconds, args.warmup, args.in_process_seconds, args.rounds = 1, 1, 0.5, 1
     report = measure(args)
     failed = [r for r in report["rows"] if r["non_2xx"] or not r["requests"]]
     (args.out / "pinned.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -3,7 +3,8 @@
 An ASGI layer inside the request gate (serving/limits.py), which has already bounded the body: POST
 /classify's body goes to `Routes.classify_body` (raw float32, and JSON {"images": ...}; the rest it
 declines, and the request goes on to BentoML's /classify API), POST /classify_image's to
-`Routes.classify_upload` (its form parsed once). Every other request passes untouched. The steps
+`Routes.classify_upload` (its form parsed once), and every /v2 request to the Open Inference Protocol's
+routes (`Routes.v2`, serving/v2.py). Every other request passes untouched. The steps
 themselves are in serving/routes.py; this module only picks the route.
 """
 
@@ -17,6 +18,7 @@ from serving.limits import Receive, Scope, Send, replayed
 from serving.routes import Bound
 
 CLASSIFY, CLASSIFY_IMAGE = "/classify", "/classify_image"
+V2 = "/v2"  # the Open Inference Protocol's routes (serving/v2.py)
 
 
 class FastPath:
@@ -25,7 +27,12 @@ class FastPath:
         self.bound = bound
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in (CLASSIFY, CLASSIFY_IMAGE):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if scope["path"] == V2 or scope["path"].startswith(V2 + "/"):
+            response = await self.bound.routes.v2.handle(Request(scope, receive))
+            return await response(scope, receive, send)
+        if scope["method"] != "POST" or scope["path"] not in (CLASSIFY, CLASSIFY_IMAGE):
             return await self.app(scope, receive, send)
         request = Request(scope, receive)
         if scope["path"] == CLASSIFY_IMAGE:

@@ -1,6 +1,7 @@
 """The OpenAPI document at /docs.json, made valid OpenAPI 3 and exact about what the service takes and
 answers (an ASGI middleware that rewrites it as it leaves).
 
+It also adds the Open Inference Protocol's routes (serving/v2.py), which BentoML does not know of.
 What BentoML 1.4 writes needs four fixes: its own types `"type": "file"` (the upload) and
 `"type": "tensor"` (the images; BentoML's clients read these from /schema.json, which stays as it is)
 are not OpenAPI types; the images' shape, range and count are not said; none of our error answers is
@@ -14,6 +15,7 @@ from typing import Any
 
 from serving.limits import Receive, Scope, Send
 from serving.inputs import IMAGE_SIZE, MAX_BATCH, MAX_EXPLAIN
+from serving.settings import VARIANTS
 
 ROUTE = "/docs.json"
 PIXEL = {"type": "number", "minimum": 0, "maximum": 1}
@@ -61,6 +63,78 @@ def answers(ok: dict[str, Any]) -> dict[str, Any]:
     return documented
 
 
+# The Open Inference Protocol's routes (serving/v2.py), as its HTTP/REST specification states them
+V2_TAG = ["Open Inference Protocol (v2)"]
+V2_TENSOR = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
+    "name": {"type": "string", "enum": ["image"]}, "datatype": {"type": "string", "enum": ["FP32"]},
+    "shape": {"type": "array", "minItems": 4, "maxItems": 4, "items": {"type": "integer", "minimum": 1},
+              "description": f"[N, 1, {IMAGE_SIZE}, {IMAGE_SIZE}], 1 <= N <= {MAX_BATCH}"},
+    "data": {"type": "array", "items": PIXEL, "description": "N x 784 numbers in [0, 1], row-major (or nested by the shape)"},
+    "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}}}}
+V2_OUTPUTS = ["lengths", "poses", "reconstruction", "routing_map", "routing_types"]
+V2_REQUEST = {"type": "object", "required": ["inputs"], "properties": {
+    "id": {"type": "string"},
+    "parameters": {"type": "object", "properties": {"binary_data_output": {"type": "boolean"}}},
+    "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": V2_TENSOR},
+    "outputs": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["name"], "properties": {
+        "name": {"type": "string", "enum": V2_OUTPUTS},
+        "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}}}}}}}
+V2_OUTPUT_TENSOR = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
+    "name": {"type": "string"}, "datatype": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
+    "data": {"type": "array", "items": {"type": "number"}}, "parameters": {"type": "object"}}}
+V2_RESPONSE = {"type": "object", "required": ["model_name", "outputs"], "properties": {
+    "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
+    "outputs": {"type": "array", "items": V2_OUTPUT_TENSOR}}}
+V2_METADATA_TENSOR = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+    "name": {"type": "string"}, "datatype": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}}}}
+V2_MODEL = {"type": "object", "required": ["name", "versions", "platform", "inputs", "outputs"], "properties": {
+    "name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
+    "platform": {"type": "string"}, "inputs": {"type": "array", "items": V2_METADATA_TENSOR},
+    "outputs": {"type": "array", "items": V2_METADATA_TENSOR}}}
+V2_SERVER = {"type": "object", "required": ["name", "version", "extensions"], "properties": {
+    "name": {"type": "string"}, "version": {"type": "string"}, "extensions": {"type": "array", "items": {"type": "string"}}}}
+VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string", "enum": list(VARIANTS)},
+           "description": "the exported file: fp32, int8 or fp16 (those present)"}
+V2_ERRORS = {"400": "not a request the protocol and the model take; the error says why",
+             "404": "an unknown model or version", "413": "over a limit: more than 256 images, a body over 16 MiB",
+             "503": "the batcher's queue is full"}
+
+
+def v2_answers(ok: dict[str, Any], errors: tuple[str, ...] = ("404",)) -> dict[str, Any]:
+    documented = {"200": {"description": "OK", "content": ok}}
+    for status in errors:
+        documented[status] = {"description": V2_ERRORS[status],
+                              "content": json_content({"$ref": "#/components/schemas/Error"})}
+    return documented
+
+
+def v2_paths() -> dict[str, Any]:
+    health = {"200": {"description": "yes"}, "503": {"description": "no: the worker is draining (SIGTERM)"}}
+    infer = {"tags": V2_TAG, "summary": "inference: JSON tensors, or the binary tensor data extension",
+             "requestBody": {"required": True, "content": json_content(V2_REQUEST)},
+             "responses": v2_answers({**json_content(V2_RESPONSE), "application/octet-stream": {"schema": {
+                 "type": "string", "format": "binary", "description": "the JSON header (Inference-Header-Content-Length"
+                                                                      " bytes), then each binary output"}}},
+                                     ("400", "404", "413", "503"))}
+    model = {"tags": V2_TAG, "summary": "model metadata", "responses": v2_answers(json_content(V2_MODEL))}
+    ready = {"tags": V2_TAG, "summary": "model readiness", "responses": {**health, "404": {
+        "description": V2_ERRORS["404"], "content": json_content({"$ref": "#/components/schemas/Error"})}}}
+
+    def versioned(operation: dict[str, Any]) -> dict[str, Any]:
+        return {**operation, "parameters": [VERSION]}
+
+    base, version = "/v2/models/capsnet", "/v2/models/capsnet/versions/{version}"
+    return {
+        "/v2/health/live": {"get": {"tags": V2_TAG, "summary": "server liveness", "responses": health}},
+        "/v2/health/ready": {"get": {"tags": V2_TAG, "summary": "server readiness", "responses": health}},
+        "/v2": {"get": {"tags": V2_TAG, "summary": "server metadata", "responses": {"200": {
+            "description": "OK", "content": json_content(V2_SERVER)}}}},
+        base: {"get": model}, base + "/ready": {"get": ready}, base + "/infer": {"post": infer},
+        version: {"get": versioned(model)}, version + "/ready": {"get": versioned(ready)},
+        version + "/infer": {"post": versioned(infer)},
+    }
+
+
 def fix(document: dict[str, Any]) -> dict[str, Any]:
     """BentoML's document -> a valid OpenAPI 3 document that says what the service does."""
     paths = document["paths"]
@@ -89,6 +163,7 @@ def fix(document: dict[str, Any]) -> dict[str, Any]:
     metadata = paths["/metadata"]["post"]
     metadata["requestBody"] = {"required": False, "content": json_content({"type": "object"})}
     metadata["responses"] = answers({"type": "object", "required": ["model_name", "variant", "providers"]})
+    paths.update(v2_paths())
     # only what the paths refer to: BentoML's others (its task status, with the OpenAPI 3.1 type "null")
     # describe routes this service does not have
     used = json.dumps(paths)

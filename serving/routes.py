@@ -16,7 +16,7 @@ CPU-bound work (decoding an upload, /explain's run) goes to a thread, never on t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import anyio
 import numpy as np
@@ -31,6 +31,7 @@ from serving.limits import media_type
 from serving.preprocess import preprocess
 from serving.runtime import CapsNetRuntime, Explanation, Prediction
 from serving.settings import Settings
+from serving.v2 import OpenInference
 
 RAW = "application/octet-stream"
 JSON_TYPES = ("application/json", "")  # BentoML reads a body without a Content-Type as JSON too
@@ -91,10 +92,12 @@ def explain_answer(e: Explanation) -> dict[str, list]:
 
 
 class Routes:
-    def __init__(self, runtime: CapsNetRuntime, batcher: Batcher, settings: Settings) -> None:
+    def __init__(self, runtime: CapsNetRuntime, batcher: Batcher, settings: Settings,
+                 ready: Callable[[], bool] = lambda: True) -> None:
         self.runtime = runtime
         self.batcher = batcher
         self.settings = settings
+        self.v2 = OpenInference(runtime, batcher, settings, ready)  # the Open Inference Protocol (serving/v2.py)
 
     async def classify_body(self, body: bytes, content_type: str) -> JSONResponse | None:
         """POST /classify as it arrives: raw float32 (application/octet-stream) or JSON {"images": ...} ->

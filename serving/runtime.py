@@ -122,6 +122,21 @@ def _listed_variants(fp32_path: Path, meta: dict[str, str]) -> dict[str, Path]:
     return {name: fp32_path.with_name(file) for name, file in json.loads(meta.get("variants", "{}")).items()}
 
 
+def variant_files(fp32_path: Path) -> dict[str, Path]:
+    """fp32 and each variant its metadata names whose file exists: {variant: path}."""
+    listed = _listed_variants(fp32_path, read_metadata(fp32_path))
+    return {"fp32": fp32_path, **{name: path for name, path in listed.items() if path.exists()}}
+
+
+ONNX_TO_PROTOCOL = {"tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(int64)": "INT64"}
+
+
+def tensor_specs(args: list[Any]) -> list[dict[str, Any]]:
+    """ONNX Runtime's NodeArgs as the Open Inference Protocol states tensors: name, datatype, shape (-1: any size)."""
+    return [{"name": a.name, "datatype": ONNX_TO_PROTOCOL.get(a.type, a.type),
+             "shape": [d if isinstance(d, int) else -1 for d in a.shape]} for a in args]
+
+
 def open_variant(fp32_path: Path, variant: str = "auto", device: str = "auto", threads: int = 0) -> Choice:
     """The session of the asked variant.
 
@@ -218,6 +233,14 @@ class CapsNetRuntime:
         # outputs"); ONNX Runtime's only_execute_path_to_fetches, which would skip it, measured no faster
         lengths, reconstruction = self.session.run([LENGTHS, RECONSTRUCTION], {self.input_name: images})
         return Prediction(lengths.argmax(1), lengths, reconstruction[:, 0])
+
+    def run(self, outputs: list[str], images: np.ndarray) -> list[np.ndarray]:
+        """The named outputs of the graph for images (float32 (N, 1, 28, 28), already validated)."""
+        return self.session.run(outputs, {self.input_name: images})
+
+    def signature(self) -> dict[str, list[dict[str, Any]]]:
+        """The graph's inputs and outputs: name, datatype and shape, read from the session."""
+        return {"inputs": tensor_specs(self.session.get_inputs()), "outputs": tensor_specs(self.session.get_outputs())}
 
     def explain(self, images: np.ndarray) -> Explanation:
         """images: float32 (N, 1, 28, 28), already validated."""

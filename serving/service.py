@@ -78,7 +78,8 @@ class CapsNet:
 
     def __init__(self) -> None:
         runtime = open_runtime(SETTINGS)
-        self.routes = Routes(runtime, make_batcher(SETTINGS.batcher, runtime), SETTINGS)
+        self.routes = Routes(runtime, make_batcher(SETTINGS.batcher, runtime), SETTINGS,
+                             ready=lambda: not DRAIN.draining)
         WORKER.bind(self.routes)
         DRAIN.install()  # SIGTERM: not ready, Connection: close, then stop (serving/lifecycle.py)
 

@@ -130,6 +130,22 @@ def test_real_digits_as_json_and_as_raw_float32_agree_with_onnx_runtime_here(run
     assert np.mean(expected.labels == labels) >= 0.98
 
 
+def test_tritonclient_classifies_real_digits_binary_and_json(running, digits):
+    import tritonclient.http as triton
+
+    _, url = running
+    images, _, expected = digits
+    client = triton.InferenceServerClient(url=url.removeprefix("http://"), network_timeout=60)
+    assert client.is_server_ready() and client.get_model_metadata("capsnet")["versions"] == ["fp32", "int8", "fp16"]
+    for binary in (True, False):
+        tensor = triton.InferInput("image", list(images.shape), "FP32")
+        tensor.set_data_from_numpy(images.astype(np.float32), binary_data=binary)
+        result = client.infer("capsnet", [tensor], outputs=[triton.InferRequestedOutput("lengths", binary_data=binary)])
+        assert result.as_numpy("lengths").argmax(1).tolist() == expected.labels.tolist()
+        assert np.abs(result.as_numpy("lengths") - expected.lengths).max() < 1e-3
+    client.close()
+
+
 def test_a_png_upload_is_classified_as_here(running, digits):
     _, url = running
     images, _, _ = digits

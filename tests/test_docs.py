@@ -180,17 +180,20 @@ def test_the_onnx_cards_node_examples_print_what_they_say(node_modules, tmp_path
 
 
 @pytest.mark.slow
-def test_the_bentoml_client_example_runs_against_the_service(service_url):
-    """docs/serving.md's session with BentoML's client, run by doctest against a real service."""
+def test_the_client_sessions_run_against_the_service(service_url):
+    """docs/serving.md's sessions with BentoML's client and with tritonclient, run by doctest against a real service."""
     text = (ROOT / "docs" / "serving.md").read_text()
-    [session] = [b for b in re.findall(r"```\n(>>> .*?)```", text, re.S)]
-    session = session.replace("http://127.0.0.1:3000", service_url)
-    test = doctest.DocTestParser().get_doctest(session, {}, "serving.md", "docs/serving.md", 0)
-    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        runner.run(test)
-    finally:
-        os.chdir(cwd)
-    assert runner.failures == 0 and runner.tries == len(test.examples)
+    sessions = re.findall(r"```\n(>>> .*?)```", text, re.S)
+    assert len(sessions) == 2
+    for session in sessions:
+        session = session.replace("http://127.0.0.1:3000", service_url).replace("127.0.0.1:3000",
+                                                                                 service_url.removeprefix("http://"))
+        test = doctest.DocTestParser().get_doctest(session, {}, "serving.md", "docs/serving.md", 0)
+        runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+        cwd = os.getcwd()
+        os.chdir(ROOT)
+        try:
+            runner.run(test)
+        finally:
+            os.chdir(cwd)
+        assert runner.failures == 0 and runner.tries == len(test.examples)

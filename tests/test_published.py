@@ -34,10 +34,15 @@ def stated_accuracy(variant: str) -> float:
     return REPORT["test_accuracy_ort"] if variant == "fp32" else REPORT["variants"][variant]["test_accuracy_ort"]
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+# fp16 is for GPUs and the slowest of the three on a CPU (21 s of the suite on 2 cores): its accuracy is the
+# export's measurement, held here through its sha256 in the card's row beside that figure (below)
+MEASURED_HERE = ("fp32", "int8")
+
+
+@pytest.mark.parametrize("variant", MEASURED_HERE)
 def test_each_committed_onnx_file_has_the_accuracy_it_states(mnist_root, variant):
     """Measured here on all 10,000 test digits, it is the report's figure to the digit, which the card's row
-    for the file states beside its sha256; fp32 meets the project's bar (99.70%), the variants theirs."""
+    for the file states beside its sha256; fp32 meets the project's bar (99.70%), int8 its own."""
     images, labels = read_split("test", mnist_root)
     runtime = CapsNetRuntime(PUBLISHED_ONNX, device="cpu", variant=variant)
     assert runtime.variant == variant
@@ -48,10 +53,24 @@ def test_each_committed_onnx_file_has_the_accuracy_it_states(mnist_root, variant
         assert accuracy >= 0.9970 and CARD["test_accuracy_ort"] == accuracy
     else:
         assert REPORT["test_accuracy_ort"] - accuracy <= REPORT["variants"][variant]["accuracy_bar_points"] / 100
+    assert_card_row(variant, accuracy)
+
+
+def assert_card_row(variant: str, accuracy: float) -> None:
     path = variant_path(PUBLISHED_ONNX, variant)
     row = next((line for line in (PUBLISHED.parent / "README.md").read_text().splitlines() if f"`{path.name}`" in line),
                "")
     assert sha256_file(path) in row and f"{accuracy:.2%}" in row, f"{path.name}: its row in models/README.md"
+
+
+def test_every_variant_is_pinned_by_sha256_beside_its_reported_accuracy():
+    """The file measured by the export is the file committed: its sha256 is in the card's row with the report's
+    accuracy (for fp16, measured by the export only), and that accuracy meets the variant's bar."""
+    for variant in VARIANTS:
+        accuracy = stated_accuracy(variant)
+        assert_card_row(variant, accuracy)
+        if variant != "fp32":
+            assert REPORT["test_accuracy_ort"] - accuracy <= REPORT["variants"][variant]["accuracy_bar_points"] / 100
 
 
 def test_the_committed_fp32_file_gives_pytorchs_outputs(mnist_root):

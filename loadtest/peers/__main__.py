@@ -1,0 +1,319 @@
+"""python -m loadtest.peers: the service against the serving peers a user would pick instead, side by side.
+
+Each server serves the published int8 model with one ONNX Runtime thread, pinned to --server-core, in its
+own native request format (the table says which); wrk, a compiled client, loads it from --client-core.
+Three bodies: 1 digit as JSON, 1 digit binary, 8 digits binary (a peer without a binary form gets its
+JSON). Every server's answers are checked for the right labels (in-process ONNX Runtime's) before it is
+timed. The servers run one at a time; in-process ONNX Runtime on the same core is sampled before and
+after each, and each row's images/s is given as a share of it. Writes peers.json and peers.md under --out.
+
+  service     this project: `bentoml serve`, /classify (JSON; raw float32) and the Open Inference
+              Protocol (/v2/.../infer: JSON tensors; binary tensors), the same worker and batcher
+  pytriton    NVIDIA PyTriton: the real tritonserver, its dynamic batcher, the v2 protocol (JSON; binary)
+  litserve    LitServe with its batching: JSON only
+  rayserve    Ray Serve with @serve.batch: JSON; raw float32 (a deployment reads the request as it likes)
+  bentoml     BentoML's own batchable API (numpy in and out): JSON only
+  reference   30 lines of Starlette + ONNX Runtime, one run per request (loadtest/reference.py)
+
+The peers' packages live in a venv of their own, .venv-peers (`make peers-setup`: the `peers` extra,
+nvidia-pytriton, litserve, ray[serve] and the same onnxruntime-gpu; PyTriton holds numpy below 2); a peer
+whose package is missing is left out, and said so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from loadtest.pinned import InProcess, combine, cores, cpu_seconds, wrk
+from loadtest.server import free_port, stop_tree, wait_ready
+from mnist import DEFAULT_ROOT, read_split
+
+ROOT = Path(__file__).resolve().parents[2]
+PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"  # make peers-setup: PyTriton holds numpy below 2
+BODIES = {"1 digit, JSON": (1, False), "1 digit, binary": (1, True), "8 digits, binary": (8, True)}
+LUA = """wrk.method = "POST"
+{headers}
+local f = io.open("{body}", "rb"); wrk.body = f:read("*a"); f:close()
+"""
+
+
+@dataclass(frozen=True)
+class Form:
+    """A request format: where it goes, its body and headers for N images, and how to read labels from its answer."""
+    name: str
+    path: str
+    body: Callable[[np.ndarray], tuple[bytes, dict[str, str]]]
+    labels: Callable[[bytes, dict[str, str]], list[int]]
+
+
+def json_images(images: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    return json.dumps({"images": images[:, 0].tolist()}).encode(), {"Content-Type": "application/json"}
+
+
+def raw_images(images: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    return images.astype("<f4").tobytes(), {"Content-Type": "application/octet-stream"}
+
+
+def v2_json(images: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    return json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": list(images.shape),
+                                   "data": images.reshape(-1).tolist()}],
+                       "outputs": [{"name": "lengths"}]}).encode(), {"Content-Type": "application/json"}
+
+
+def v2_binary(images: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    raw = images.astype("<f4").tobytes()
+    header = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": list(images.shape),
+                                     "parameters": {"binary_data_size": len(raw)}}],
+                         "outputs": [{"name": "lengths", "parameters": {"binary_data": True}}]}).encode()
+    return header + raw, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
+
+
+def labels_field(answer: bytes, _: dict[str, str]) -> list[int]:
+    return json.loads(answer)["labels"]
+
+
+def labels_of_lengths(answer: bytes, _: dict[str, str]) -> list[int]:
+    return np.asarray(json.loads(answer)).argmax(1).tolist()
+
+
+def labels_v2(answer: bytes, headers: dict[str, str]) -> list[int]:
+    size = headers.get("inference-header-content-length")
+    head = json.loads(answer[:int(size)] if size else answer)
+    out = head["outputs"][0]
+    if size:
+        lengths = np.frombuffer(answer[int(size):int(size) + out["parameters"]["binary_data_size"]], "<f4")
+    else:
+        lengths = np.asarray(out["data"], np.float32)
+    return lengths.reshape(out["shape"]).argmax(1).tolist()
+
+
+V2_PATH = "/v2/models/capsnet/infer"
+FORMS = {
+    "classify-json": Form("/classify, JSON", "/classify", json_images, labels_field),
+    "classify-raw": Form("/classify, raw float32", "/classify", raw_images, labels_field),
+    "v2-json": Form("v2, JSON tensors", V2_PATH, v2_json, labels_v2),
+    "v2-binary": Form("v2, binary tensors", V2_PATH, v2_binary, labels_v2),
+    "litserve-json": Form("/predict, JSON", "/predict", json_images, labels_field),
+    "bentoml-json": Form("/classify, JSON (numpy)", "/classify", lambda x: (json.dumps({"images": x[:, 0].tolist()}).encode(),
+                                                                     {"Content-Type": "application/json"}), labels_of_lengths),
+}
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    package: str | None  # the module that must import for this peer to run
+    ready: str  # the health route that answers 200 once it serves
+    forms: dict[str, str]  # body -> form name: its native format for that body
+    startup_s: float = 180
+
+    def command(self, model: Path, port: int, threads: int, peers_python: str) -> tuple[list[str], dict[str, str]]:
+        python = peers_python if self.package else sys.executable
+        if self.name.startswith("service"):
+            return ([python, "-m", "bentoml", "serve", "serving.service:CapsNet", "--host", "127.0.0.1", "--port", str(port)],
+                    {"CAPSNET_MODEL": str(model), "CAPSNET_VARIANT": "int8", "CAPSNET_DEVICE": "cpu",
+                     "CAPSNET_WORKERS": "1", "CAPSNET_THREADS": str(threads)})
+        if self.name == "bentoml":
+            return ([python, "-m", "bentoml", "serve", "loadtest.peers.bentoml_peer:Peer", "--host", "127.0.0.1",
+                     "--port", str(port)], {"PEER_MODEL": str(int8_file(model)), "PEER_THREADS": str(threads)})
+        module = "loadtest.reference" if self.name == "reference" else f"loadtest.peers.{self.name}_peer"
+        env = {"LD_LIBRARY_PATH": libpython_dir(python)} if self.name == "pytriton" else {}
+        return [python, "-m", module, "--model", str(int8_file(model)), "--port", str(port),
+                "--threads", str(threads)], env
+
+
+def libpython_dir(python: str) -> str:
+    """Where `python`'s own libpython is: Triton's Python backend stub links libpython3.x.so and must find this one,
+    not another 3.x's (the system's), whose C parts would not match the standard library it then imports."""
+    found = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+                           capture_output=True, text=True).stdout.strip()
+    return ":".join(filter(None, [found, os.environ.get("LD_LIBRARY_PATH", "")]))
+
+
+def int8_file(model: Path) -> Path:
+    return model.with_name(model.stem + "-int8.onnx")
+
+
+SERVICE_FORMS = {"1 digit, JSON": "classify-json", "1 digit, binary": "classify-raw", "8 digits, binary": "classify-raw"}
+V2_FORMS = {"1 digit, JSON": "v2-json", "1 digit, binary": "v2-binary", "8 digits, binary": "v2-binary"}
+PEERS = {p.name: p for p in [
+    Peer("service", None, "/readyz", SERVICE_FORMS),
+    Peer("service, v2", None, "/v2/health/ready", V2_FORMS),
+    Peer("pytriton", "pytriton", "/v2/models/capsnet/ready", V2_FORMS),
+    Peer("litserve", "litserve", "/health", {body: "litserve-json" for body in BODIES}),
+    Peer("rayserve", "ray.serve", "/-/healthz", SERVICE_FORMS),
+    Peer("bentoml", None, "/readyz", {body: "bentoml-json" for body in BODIES}),
+    Peer("reference", None, "/readyz", SERVICE_FORMS),
+]}
+QUICK_PEERS = ["service, v2", "pytriton"]
+
+
+def installed(peer: Peer, peers_python: str) -> bool:
+    """Whether the peer's package imports in the Python that runs the peers."""
+    if peer.package is None:
+        return True
+    check = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({peer.package.split('.')[0]!r}) is None)"
+    return subprocess.run([peers_python, "-c", check], capture_output=True).returncode == 0
+
+
+@contextmanager
+def running(peer: Peer, model: Path, core: int, threads: int, log: Path, peers_python: str
+            ) -> Iterator[tuple[str, int]]:
+    """The peer's server pinned to `core`; yields its URL and pid, and stops it and its children afterwards."""
+    port = free_port()
+    command, env = peer.command(model.resolve(), port, threads, peers_python)
+    with open(log, "w") as out:
+        proc = subprocess.Popen(["taskset", "-c", str(core), *command], cwd=ROOT, env={**os.environ, **env},
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        started = time.time()
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = started + peer.startup_s
+            while True:
+                try:
+                    with urllib.request.urlopen(url + peer.ready, timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"{peer.name} did not start (see {log}): {log.read_text()[-2000:]}")
+                time.sleep(0.2)
+            print(f"peers: {peer.name} ready in {time.time() - started:.1f} s", file=sys.stderr)
+            yield url, proc.pid
+        finally:
+            stopping = time.time()
+            stop_tree(proc, timeout=5)  # PyTriton does not stop on SIGTERM: killed after 5 s
+            print(f"peers: {peer.name} stopped in {time.time() - stopping:.1f} s", file=sys.stderr)
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+    request = urllib.request.Request(url, data=body, headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as r:
+        return r.read(), {k.lower(): v for k, v in r.headers.items()}
+
+
+def check_answers(peer: Peer, url: str, images: np.ndarray, expected: list[int]) -> None:
+    """Every body's form gives the right labels for 8 real digits, one request at a time and all at once."""
+    for form_name in set(peer.forms.values()):
+        form = FORMS[form_name]
+        for count in (1, 8):
+            answer, headers = post(url + form.path, *form.body(images[:count]))
+            got = form.labels(answer, headers)
+            if got != expected[:count]:
+                raise AssertionError(f"{peer.name}, {form.name}: labels {got}, expected {expected[:count]}")
+
+
+def measure(args: argparse.Namespace) -> dict:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is missing: apt-get install wrk (Debian's package)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    images = read_split("test", args.data, 64)[0][:, None]
+    in_process = InProcess(args.model, "int8", {args.server_core}, images)
+    expected = in_process.runtime.predict(images[:8]).labels.tolist()
+    rates = {batch: in_process.rate(batch, args.in_process_seconds) for batch in (1, 8, 16, 32)}
+    best_batch = max(rates, key=rates.get)
+    samples = [rates[best_batch]]
+    rows, left_out = [], []
+    for name in args.peers:
+        peer = PEERS[name]
+        if not installed(peer, args.peers_python):
+            left_out.append(f"{name} ({peer.package} is not installed in {args.peers_python}: make peers-setup)")
+            print(f"peers: {left_out[-1]}", file=sys.stderr)
+            continue
+        log = args.out / f"{name.replace(', ', '-')}.log"
+        with running(peer, args.model, args.server_core, args.threads, log, args.peers_python) as (url, pid):
+            check_answers(peer, url, images, expected)
+            for body, (count, _) in BODIES.items():
+                form = FORMS[peer.forms[body]]
+                data, headers = form.body(images[:count])
+                stem = args.out / f"{name.replace(', ', '-')}-{count}-{form.path.strip('/').replace('/', '-')}-{len(data)}"
+                stem.with_suffix(".body").write_bytes(data)
+                script = stem.with_suffix(".lua")
+                script.write_text(LUA.format(body=stem.with_suffix(".body"), headers="\n".join(
+                    f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())))
+                wrk(url, script, {args.client_core}, args.connections, args.warmup, form.path)
+                cpu_before = cpu_seconds(pid)
+                result = wrk(url, script, {args.client_core}, args.connections, args.seconds, form.path)
+                row = combine(name, body, count, [(result, cpu_seconds(pid) - cpu_before)])
+                rows.append({**row, "format": form.name})
+                print(f"{name:12} {body:17} {form.name:26} {row['requests_per_s']:8.1f} req/s"
+                      f" p99 {row['p99_ms']:.1f} ms  non-2xx {row['non_2xx']}", file=sys.stderr)
+        samples.append(in_process.rate(best_batch, args.in_process_seconds))
+    model_rate = sum(samples) / len(samples)
+    for row in rows:
+        row["share_of_in_process"] = round(row["images_per_s"] / model_rate, 3)
+    return {"in_process_images_per_s": round(model_rate, 1), "in_process_batch": best_batch,
+            "in_process_samples": [round(r, 1) for r in samples], "server_core": args.server_core,
+            "client_core": args.client_core, "connections": args.connections, "seconds": args.seconds,
+            "threads": args.threads, "rows": rows, "left_out": left_out}
+
+
+def markdown(report: dict) -> str:
+    samples = report["in_process_samples"]
+    lines = [f"In-process ONNX Runtime (int8, {report['threads']} thread, core {report['server_core']}):"
+             f" {report['in_process_images_per_s']:,.0f} images/s at batch {report['in_process_batch']}"
+             f" ({len(samples)} samples, {min(samples):,.0f} to {max(samples):,.0f}). Each server alone on core"
+             f" {report['server_core']}, wrk on core {report['client_core']}, {report['connections']} connections,"
+             f" {report['seconds']:g} s per body.", ""]
+    for body in BODIES:
+        lines += [f"**{body}**", "", "| server | its format | req/s | images/s | of in-process | p50 | p99 | errors |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in sorted((r for r in report["rows"] if r["body"] == body), key=lambda r: -r["images_per_s"]):
+            lines.append(f"| {r['server']} | {r['format']} | {r['requests_per_s']:,.0f} | {r['images_per_s']:,.0f} |"
+                         f" {r['share_of_in_process']:.0%} | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {r['non_2xx']} |")
+        lines.append("")
+    if report["left_out"]:
+        lines.append("Left out: " + "; ".join(report["left_out"]) + ".")
+    return "\n".join(lines).rstrip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtest.peers", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--peers", nargs="+", choices=list(PEERS), default=list(PEERS), metavar="PEER",
+                   help=f"the servers to measure, of: {', '.join(repr(n) for n in PEERS)}")
+    p.add_argument("--model", type=Path, default=Path("models/capsnet-mnist.onnx"),
+                   help="the fp32 ONNX file; every server serves its int8 variant beside it")
+    p.add_argument("--server-core", type=int, default=0, help="the core every server (and in-process ORT) runs on")
+    p.add_argument("--client-core", type=int, default=1, help="wrk's core")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads of every server")
+    p.add_argument("--connections", type=int, default=16, help="wrk connections")
+    p.add_argument("--seconds", type=float, default=10, help="measured seconds per server and body")
+    p.add_argument("--warmup", type=float, default=2, help="unmeasured seconds before each")
+    p.add_argument("--in-process-seconds", type=float, default=1.5, help="seconds per in-process sample")
+    p.add_argument("--peers-python", default=str(PEERS_PYTHON) if PEERS_PYTHON.exists() else sys.executable,
+                   help="the Python that has the peers' packages (make peers-setup: .venv-peers)")
+    p.add_argument("--data", type=Path, default=Path(DEFAULT_ROOT), help="MNIST root folder")
+    p.add_argument("--out", type=Path, default=Path("runs/peers"), help="where the report goes")
+    p.add_argument("--quick", action="store_true",
+                   help=f"{' and '.join(QUICK_PEERS)} only, 1 s per body, 1 s warm-up (what the tests run)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.peers, args.seconds, args.warmup, args.in_process_seconds = QUICK_PEERS, 1, 1, 0.5
+    report = measure(args)
+    (args.out / "peers.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.out / "peers.md").write_text(markdown(report) + "\n")
+    print(markdown(report))
+    failed = [(r["server"], r["body"]) for r in report["rows"] if r["non_2xx"] or not r["requests"]]
+    if failed:
+        print(f"FAILED: non-2xx answers or no requests in {failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

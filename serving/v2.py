@@ -1,0 +1,247 @@
+"""The Open Inference Protocol (KServe's and Triton's "v2" HTTP/REST protocol) on the service's own port.
+
+    GET  /v2/health/live, /v2/health/ready                      200, or 503 while the worker drains
+    GET  /v2                                                    server metadata, its one extension
+    GET  /v2/models/capsnet[/versions/V]                        model metadata, read from the ONNX file
+    GET  /v2/models/capsnet[/versions/V]/ready                  200, or 503 while the worker drains
+    POST /v2/models/capsnet[/versions/V]/infer                  inference: JSON tensors, or the binary
+                                                                tensor data extension
+
+The versions are what the export wrote and the service checks: fp32, int8, fp16 (those whose files
+exist). Without a version, and with the version the service runs (int8 on the CPU, fp16 on CUDA), a
+request asking only for `lengths` and `reconstruction` goes through the worker's batcher, merged with
+/classify's requests; any other output or version runs its own session (created once, on first use)
+in a thread. The input is the graph's, `image`: FP32 [N, 1, 28, 28] in [0, 1], N <= 256, as JSON
+`data` (flat or nested) or as binary data; outputs are chosen by name, each as JSON or as binary data.
+
+Errors are `{"error": "..."}`: 404 for an unknown model or version, 400 for a request that is not
+what the protocol and the model take (413 over the size limits, 503 when overloaded).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from serving.batching import Batcher, Overloaded
+from serving.inputs import MAX_BATCH, IMAGE_SIZE, InvalidInput, TooLarge, check_pixels
+from serving.runtime import CapsNetRuntime, ModelError, variant_files
+from serving.settings import Settings
+
+MODEL = "capsnet"
+PLATFORM = "onnxruntime_onnx"
+EXTENSIONS = ["binary_tensor_data"]
+BATCHED = {"lengths", "reconstruction"}  # what the batcher's runs fetch
+HEADER_LENGTH = "inference-header-content-length"
+ROUTE = re.compile(rf"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<action>/ready|/infer)?$")
+JSON_TYPE = "application/json"
+
+
+class NotFound(LookupError):
+    """An unknown model or version (404)."""
+
+
+@dataclass
+class Tensor:
+    """One output to answer: its name, array, and whether it goes as binary data."""
+    name: str
+    array: np.ndarray
+    binary: bool
+
+
+def error(status: int, message: str) -> Response:
+    return Response(orjson.dumps({"error": message}), status, media_type=JSON_TYPE)
+
+
+def status_of(err: Exception) -> int:
+    return 404 if isinstance(err, NotFound) else 503 if isinstance(err, Overloaded) else \
+        413 if isinstance(err, TooLarge) else 400
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+    """The request's JSON header and what follows it (the binary tensor data extension)."""
+    size = len(body)
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > size:
+            raise InvalidInput(f"Inference-Header-Content-Length {header_length!r}: expected the JSON header's size,"
+                               f" a whole number of at most the body's {size} bytes")
+        size = int(header_length)
+    try:
+        header = orjson.loads(body[:size])
+    except orjson.JSONDecodeError as err:
+        raise InvalidInput(f"the inference request is not JSON: {err}") from None
+    if not isinstance(header, dict):
+        raise InvalidInput("the inference request must be a JSON object")
+    return header, body[size:]
+
+
+def read_images(header: dict[str, Any], binary: bytes, input_name: str) -> np.ndarray:
+    """The one input tensor, checked: FP32 [N, 1, 28, 28] in [0, 1], 1 <= N <= MAX_BATCH."""
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise InvalidInput(f"'inputs' must hold exactly one tensor, '{input_name}'")
+    tensor = inputs[0]
+    if tensor.get("name") != input_name:
+        raise InvalidInput(f"unknown input {tensor.get('name')!r}; the model's one input is '{input_name}'")
+    if tensor.get("datatype") != "FP32":
+        raise InvalidInput(f"input '{input_name}' has datatype {tensor.get('datatype')!r}; the model takes FP32")
+    shape = tensor.get("shape")
+    expected = [1, IMAGE_SIZE, IMAGE_SIZE]
+    if (not isinstance(shape, list) or len(shape) != 4 or shape[1:] != expected
+            or not all(type(d) is int for d in shape) or shape[0] < 1):
+        raise InvalidInput(f"input '{input_name}' has shape {shape}; the model takes [N, 1, {IMAGE_SIZE}, {IMAGE_SIZE}]"
+                           f" with N >= 1")
+    if shape[0] > MAX_BATCH:
+        raise TooLarge(f"input '{input_name}' holds {shape[0]} images; at most {MAX_BATCH} per request")
+    count = shape[0] * IMAGE_SIZE * IMAGE_SIZE
+    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    if size is not None:
+        if "data" in tensor:
+            raise InvalidInput(f"input '{input_name}' has both 'data' and binary_data_size")
+        if type(size) is not int or size != count * 4 or len(binary) != size:
+            raise InvalidInput(f"input '{input_name}': binary_data_size {size!r} and the {len(binary)} bytes after"
+                               f" the header must both be {count * 4} (shape {shape}, FP32)")
+        array = np.frombuffer(binary, dtype="<f4")
+    else:
+        if binary:
+            raise InvalidInput(f"{len(binary)} bytes follow the JSON header, but no input has binary_data_size")
+        try:
+            array = np.asarray(tensor.get("data"), dtype=np.float32).reshape(-1)
+        except (ValueError, TypeError):
+            raise InvalidInput(f"input '{input_name}': 'data' must be numbers, flat or nested by the shape") from None
+        if array.size != count:
+            raise InvalidInput(f"input '{input_name}': 'data' holds {array.size} numbers; shape {shape} needs {count}")
+    return check_pixels(array.reshape(shape))
+
+
+def requested_outputs(header: dict[str, Any], names: list[str]) -> list[tuple[str, bool]]:
+    """(name, as binary) for each asked-for output; every output when none is named."""
+    params = header.get("parameters") or {}
+    binary_default = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
+    outputs = header.get("outputs")
+    if outputs is None:
+        return [(name, binary_default) for name in names]
+    if not isinstance(outputs, list) or not outputs or not all(isinstance(o, dict) for o in outputs):
+        raise InvalidInput("'outputs' must be a list of objects with a 'name'")
+    chosen = []
+    for o in outputs:
+        if o.get("name") not in names:
+            raise InvalidInput(f"unknown output {o.get('name')!r}; the model's outputs: {', '.join(names)}")
+        chosen.append((o["name"], bool((o.get("parameters") or {}).get("binary_data", binary_default))))
+    return chosen
+
+
+def infer_response(model: str, version: str, request_id: Any, tensors: list[Tensor]) -> Response:
+    """The inference response: JSON, or its JSON header then each binary output's bytes."""
+    outputs, blobs = [], []
+    for t in tensors:
+        entry: dict[str, Any] = {"name": t.name, "datatype": "FP32", "shape": list(t.array.shape)}
+        if t.binary:
+            blob = np.ascontiguousarray(t.array, dtype="<f4").tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = t.array.reshape(-1).tolist()
+        outputs.append(entry)
+    body = {"model_name": model, "model_version": version, "outputs": outputs}
+    if request_id is not None:
+        body["id"] = request_id
+    head = orjson.dumps(body)
+    if not blobs:
+        return Response(head, 200, media_type=JSON_TYPE)
+    return Response(head + b"".join(blobs), 200, media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(len(head))})
+
+
+class OpenInference:
+    """One worker's v2 routes: the served runtime and batcher, and the other versions' runtimes on demand."""
+
+    def __init__(self, runtime: CapsNetRuntime, batcher: Batcher, settings: Settings, ready: Any) -> None:
+        self.runtime = runtime
+        self.batcher = batcher
+        self.settings = settings
+        self.ready = ready  # () -> bool: false while the worker drains
+        self.files: dict[str, Path] = variant_files(settings.model)
+        self.others: dict[str, CapsNetRuntime] = {runtime.variant: runtime}
+        self.lock = threading.Lock()
+        self.signature = runtime.signature()
+        self.output_names = [o["name"] for o in self.signature["outputs"]]
+
+    def versions(self) -> list[str]:
+        return list(self.files)
+
+    def version_runtime(self, version: str) -> CapsNetRuntime:
+        """The runtime of a version; created once, on first use."""
+        with self.lock:
+            if version not in self.others:
+                try:
+                    self.others[version] = CapsNetRuntime(self.settings.model, self.runtime.device,
+                                                          self.settings.threads, version)
+                except (ModelError, FileNotFoundError) as err:
+                    raise NotFound(f"version {version!r} cannot be served: {err}") from None
+            return self.others[version]
+
+    def check(self, model: str, version: str | None) -> str:
+        """The version a URL names (the served one when it names none); NotFound for another model or version."""
+        if model != MODEL:
+            raise NotFound(f"unknown model {model!r}; this server serves '{MODEL}'")
+        if version is None:
+            return self.runtime.variant
+        if version not in self.files:
+            raise NotFound(f"unknown version {version!r} of '{MODEL}'; its versions: {', '.join(self.files)}")
+        return version
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": MODEL, "version": self.runtime.metadata.get("source_sha256", "")[:12],
+                "extensions": EXTENSIONS}
+
+    def model_metadata(self, version: str | None) -> dict[str, Any]:
+        return {"name": MODEL, "versions": self.versions(), "platform": PLATFORM, **self.signature}
+
+    async def infer(self, version: str, body: bytes, header_length: str | None) -> Response:
+        header, binary = split_body(body, header_length)
+        images = read_images(header, binary, self.runtime.input_name)
+        wanted = requested_outputs(header, self.output_names)
+        names = [name for name, _ in wanted]
+        if version == self.runtime.variant and set(names) <= BATCHED:
+            p = await self.batcher.predict_async(images)
+            arrays = {"lengths": p.lengths, "reconstruction": p.reconstructions[:, None]}
+            values = [arrays[name] for name in names]
+        else:
+            runtime = await anyio.to_thread.run_sync(self.version_runtime, version)
+            values = await anyio.to_thread.run_sync(runtime.run, names, images)
+        tensors = [Tensor(name, value, binary) for (name, binary), value in zip(wanted, values)]
+        return infer_response(MODEL, version, header.get("id"), tensors)
+
+    async def handle(self, request: Request) -> Response:
+        """Any /v2 request -> its response."""
+        path, method = request.url.path.rstrip("/") or "/", request.method
+        try:
+            if path in ("/v2/health/live", "/v2/health/ready") and method == "GET":
+                live = path.endswith("live")
+                return Response(status_code=200 if live or self.ready() else 503)
+            if path == "/v2" and method == "GET":
+                return Response(orjson.dumps(self.server_metadata()), media_type=JSON_TYPE)
+            route = ROUTE.match(path)
+            if route is None:
+                raise NotFound(f"no route {method} {path} in the Open Inference Protocol")
+            version = self.check(route["model"], route["version"])
+            action = route["action"]
+            if action == "/infer" and method == "POST":
+                return await self.infer(version, await request.body(), request.headers.get(HEADER_LENGTH))
+            if action == "/ready" and method == "GET":
+                return Response(status_code=200 if self.ready() else 503)
+            if action is None and method == "GET":
+                return Response(orjson.dumps(self.model_metadata(version)), media_type=JSON_TYPE)
+            return error(405, f"{method} is not allowed on {path}")
+        except (InvalidInput, NotFound, Overloaded) as err:
+            return error(status_of(err), str(err))

@@ -1,0 +1,23 @@
+"""`python -m loadtest.peers --quick`: the service's Open Inference Protocol beside PyTriton (the real tritonserver
+with its dynamic batcher), each checked for the right labels and then loaded by wrk on pinned cores."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from loadtest.peers.__main__ import BODIES, PEERS_PYTHON, main
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None or not PEERS_PYTHON.exists(),
+                    reason="needs wrk and .venv-peers (make test installs both)")
+def test_quick_peers_measure_the_service_beside_pytriton(tmp_path, served_onnx):
+    assert main(["--quick", "--model", str(served_onnx), "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "peers.json").read_text())
+    assert report["left_out"] == []
+    measured = {(r["server"], r["body"]) for r in report["rows"] if r["requests"] > 0 and r["non_2xx"] == 0}
+    assert measured == {(server, body) for server in ("service, v2", "pytriton") for body in BODIES}
+    markdown = (tmp_path / "peers.md").read_text()
+    assert "| pytriton | v2, binary tensors |" in markdown and "| service, v2 | v2, JSON tensors |" in markdown
