@@ -17,7 +17,11 @@ def test_quick_peers_measure_the_service_beside_pytriton(tmp_path, served_onnx):
     assert main(["--quick", "--model", str(served_onnx), "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "peers.json").read_text())
     assert report["left_out"] == []
-    measured = {(r["server"], r["body"]) for r in report["rows"] if r["requests"] > 0 and r["non_2xx"] == 0}
-    assert measured == {(server, body) for server in ("service, v2", "pytriton") for body in BODIES}
+    measured = {(r["server"], r["format"], r["body"]) for r in report["rows"] if r["requests"] > 0 and r["non_2xx"] == 0}
+    v2 = {"1 digit, JSON": "v2, JSON tensors", "1 digit, binary": "v2, binary tensors", "8 digits, binary": "v2, binary tensors"}
+    classify = {"1 digit, JSON": "/classify, JSON", "1 digit, binary": "/classify, raw float32",
+                "8 digits, binary": "/classify, raw float32"}
+    assert measured == {(server, forms[body], body) for server, forms in
+                        (("service", classify), ("service", v2), ("pytriton", v2)) for body in BODIES}
     markdown = (tmp_path / "peers.md").read_text()
-    assert "| pytriton | v2, binary tensors |" in markdown and "| service, v2 | v2, JSON tensors |" in markdown
+    assert "| pytriton | v2, binary tensors |" in markdown and "| service | v2, JSON tensors |" in markdown

@@ -8,7 +8,8 @@ timed. The servers run one at a time; in-process ONNX Runtime on the same core i
 after each, and each row's images/s is given as a share of it. Writes peers.json and peers.md under --out.
 
   service     this project: `bentoml serve`, /classify (JSON; raw float32) and the Open Inference
-              Protocol (/v2/.../infer: JSON tensors; binary tensors), the same worker and batcher
+              Protocol (/v2/.../infer: JSON tensors; binary tensors), the same worker and batcher; its two
+              formats for a body take --rounds turns
   pytriton    NVIDIA PyTriton: the real tritonserver, its dynamic batcher, the v2 protocol (JSON; binary)
   litserve    LitServe with its batching: JSON only
   rayserve    Ray Serve with @serve.batch: JSON; raw float32 (a deployment reads the request as it likes)
@@ -117,12 +118,12 @@ class Peer:
     name: str
     package: str | None  # the module that must import for this peer to run
     ready: str  # the health route that answers 200 once it serves
-    forms: dict[str, str]  # body -> form name: its native format for that body
+    forms: dict[str, tuple[str, ...]]  # body -> its native formats for that body (FORMS' names)
     startup_s: float = 180
 
     def command(self, model: Path, port: int, threads: int, peers_python: str) -> tuple[list[str], dict[str, str]]:
         python = peers_python if self.package else sys.executable
-        if self.name.startswith("service"):
+        if self.name == "service":
             return ([python, "-m", "bentoml", "serve", "serving.service:CapsNet", "--host", "127.0.0.1", "--port", str(port)],
                     {"CAPSNET_MODEL": str(model), "CAPSNET_VARIANT": "int8", "CAPSNET_DEVICE": "cpu",
                      "CAPSNET_WORKERS": "1", "CAPSNET_THREADS": str(threads)})
@@ -147,18 +148,19 @@ def int8_file(model: Path) -> Path:
     return model.with_name(model.stem + "-int8.onnx")
 
 
-SERVICE_FORMS = {"1 digit, JSON": "classify-json", "1 digit, binary": "classify-raw", "8 digits, binary": "classify-raw"}
-V2_FORMS = {"1 digit, JSON": "v2-json", "1 digit, binary": "v2-binary", "8 digits, binary": "v2-binary"}
+CLASSIFY_FORMS = {"1 digit, JSON": ("classify-json",), "1 digit, binary": ("classify-raw",),
+                  "8 digits, binary": ("classify-raw",)}
+V2_FORMS = {"1 digit, JSON": ("v2-json",), "1 digit, binary": ("v2-binary",), "8 digits, binary": ("v2-binary",)}
 PEERS = {p.name: p for p in [
-    Peer("service", None, "/readyz", SERVICE_FORMS),
-    Peer("service, v2", None, "/v2/health/ready", V2_FORMS),
+    # the service's two APIs, in one process, taking turns (serving/v2.py must keep up with /classify)
+    Peer("service", None, "/readyz", {body: CLASSIFY_FORMS[body] + V2_FORMS[body] for body in BODIES}),
     Peer("pytriton", "pytriton", "/v2/models/capsnet/ready", V2_FORMS),
-    Peer("litserve", "litserve", "/health", {body: "litserve-json" for body in BODIES}),
-    Peer("rayserve", "ray.serve", "/-/healthz", SERVICE_FORMS),
-    Peer("bentoml", None, "/readyz", {body: "bentoml-json" for body in BODIES}),
-    Peer("reference", None, "/readyz", SERVICE_FORMS),
+    Peer("litserve", "litserve", "/health", {body: ("litserve-json",) for body in BODIES}),
+    Peer("rayserve", "ray.serve", "/-/healthz", CLASSIFY_FORMS),
+    Peer("bentoml", None, "/readyz", {body: ("bentoml-json",) for body in BODIES}),
+    Peer("reference", None, "/readyz", CLASSIFY_FORMS),
 ]}
-QUICK_PEERS = ["service, v2", "pytriton"]
+QUICK_PEERS = ["service", "pytriton"]
 
 
 def installed(peer: Peer, peers_python: str) -> bool:
@@ -196,7 +198,7 @@ def running(peer: Peer, model: Path, core: int, threads: int, log: Path, peers_p
             yield url, proc.pid
         finally:
             stopping = time.time()
-            stop_tree(proc, timeout=5)  # PyTriton does not stop on SIGTERM: killed after 5 s
+            stop_tree(proc, timeout=2)  # PyTriton does not stop on SIGTERM: killed after 2 s
             print(f"peers: {peer.name} stopped in {time.time() - stopping:.1f} s", file=sys.stderr)
 
 
@@ -208,13 +210,22 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[bytes, dict[st
 
 def check_answers(peer: Peer, url: str, images: np.ndarray, expected: list[int]) -> None:
     """Every body's form gives the right labels for 8 real digits, one request at a time and all at once."""
-    for form_name in set(peer.forms.values()):
+    for form_name in {name for names in peer.forms.values() for name in names}:
         form = FORMS[form_name]
         for count in (1, 8):
             answer, headers = post(url + form.path, *form.body(images[:count]))
             got = form.labels(answer, headers)
             if got != expected[:count]:
                 raise AssertionError(f"{peer.name}, {form.name}: labels {got}, expected {expected[:count]}")
+
+
+def write_script(stem: Path, form: Form, images: np.ndarray) -> Path:
+    """wrk's Lua script that POSTs this form's body for these images (the body in a file beside it)."""
+    data, headers = form.body(images)
+    stem.with_suffix(".body").write_bytes(data)
+    stem.with_suffix(".lua").write_text(LUA.format(body=stem.with_suffix(".body"), headers="\n".join(
+        f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())))
+    return stem.with_suffix(".lua")
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -234,24 +245,26 @@ def measure(args: argparse.Namespace) -> dict:
             left_out.append(f"{name} ({peer.package} is not installed in {args.peers_python}: make peers-setup)")
             print(f"peers: {left_out[-1]}", file=sys.stderr)
             continue
-        log = args.out / f"{name.replace(', ', '-')}.log"
+        log = args.out / f"{name}.log"
         with running(peer, args.model, args.server_core, args.threads, log, args.peers_python) as (url, pid):
             check_answers(peer, url, images, expected)
             for body, (count, _) in BODIES.items():
-                form = FORMS[peer.forms[body]]
-                data, headers = form.body(images[:count])
-                stem = args.out / f"{name.replace(', ', '-')}-{count}-{form.path.strip('/').replace('/', '-')}-{len(data)}"
-                stem.with_suffix(".body").write_bytes(data)
-                script = stem.with_suffix(".lua")
-                script.write_text(LUA.format(body=stem.with_suffix(".body"), headers="\n".join(
-                    f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())))
-                wrk(url, script, {args.client_core}, args.connections, args.warmup, form.path)
-                cpu_before = cpu_seconds(pid)
-                result = wrk(url, script, {args.client_core}, args.connections, args.seconds, form.path)
-                row = combine(name, body, count, [(result, cpu_seconds(pid) - cpu_before)])
-                rows.append({**row, "format": form.name})
-                print(f"{name:12} {body:17} {form.name:26} {row['requests_per_s']:8.1f} req/s"
-                      f" p99 {row['p99_ms']:.1f} ms  non-2xx {row['non_2xx']}", file=sys.stderr)
+                forms = [FORMS[form_name] for form_name in peer.forms[body]]
+                scripts = [write_script(args.out / f"{name}-{count}-{i}", form, images[:count]) for i, form in enumerate(forms)]
+                for form, script in zip(forms, scripts):
+                    wrk(url, script, {args.client_core}, args.connections, args.warmup, form.path)
+                parts: list[list[tuple[dict, float]]] = [[] for _ in forms]
+                rounds = args.rounds if len(forms) > 1 else 1  # a server's formats take turns, so that drift hits each alike
+                for _ in range(rounds):
+                    for form, script, part in zip(forms, scripts, parts):
+                        cpu_before = cpu_seconds(pid)
+                        result = wrk(url, script, {args.client_core}, args.connections, args.seconds / rounds, form.path)
+                        part.append((result, cpu_seconds(pid) - cpu_before))
+                for form, part in zip(forms, parts):
+                    row = {**combine(name, body, count, part), "format": form.name}
+                    rows.append(row)
+                    print(f"{name:10} {body:17} {form.name:26} {row['requests_per_s']:8.1f} req/s"
+                          f" p99 {row['p99_ms']:.1f} ms  non-2xx {row['non_2xx']}", file=sys.stderr)
         samples.append(in_process.rate(best_batch, args.in_process_seconds))
     model_rate = sum(samples) / len(samples)
     for row in rows:
@@ -259,6 +272,7 @@ def measure(args: argparse.Namespace) -> dict:
     return {"in_process_images_per_s": round(model_rate, 1), "in_process_batch": best_batch,
             "in_process_samples": [round(r, 1) for r in samples], "server_core": args.server_core,
             "client_core": args.client_core, "connections": args.connections, "seconds": args.seconds,
+            "rounds": args.rounds,
             "threads": args.threads, "rows": rows, "left_out": left_out}
 
 
@@ -292,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client-core", type=int, default=1, help="wrk's core")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads of every server")
     p.add_argument("--connections", type=int, default=16, help="wrk connections")
-    p.add_argument("--seconds", type=float, default=10, help="measured seconds per server and body")
+    p.add_argument("--seconds", type=float, default=10, help="measured seconds per server, body and format")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="a server with several formats for a body (the service) measures them in this many turns")
     p.add_argument("--warmup", type=float, default=2, help="unmeasured seconds before each")
     p.add_argument("--in-process-seconds", type=float, default=1.5, help="seconds per in-process sample")
     p.add_argument("--peers-python", default=str(PEERS_PYTHON) if PEERS_PYTHON.exists() else sys.executable,
@@ -303,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"{' and '.join(QUICK_PEERS)} only, 1 s per body, 1 s warm-up (what the tests run)")
     args = p.parse_args(argv)
     if args.quick:
-        args.peers, args.seconds, args.warmup, args.in_process_seconds = QUICK_PEERS, 1, 1, 0.5
+        args.peers, args.seconds, args.warmup, args.in_process_seconds, args.rounds = QUICK_PEERS, 1, 1, 0.5, 1
     report = measure(args)
     (args.out / "peers.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "peers.md").write_text(markdown(report) + "\n")
