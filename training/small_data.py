@@ -72,8 +72,12 @@ class Run:
                 *(["--threads", str(threads)] if threads else [])]
 
 
-def run_one(run: Run, runs: Path, data: Path, threads: int | None, test_limit: int | None) -> dict:
-    """Train (or resume) one run, score its last weights on the test digits once; cached in result.json."""
+def run_one(run: Run, runs: Path, data: Path, threads: int | None, test_limit: int | None,
+            finished: dict[str, dict]) -> dict:
+    """Train (or resume) one run, score its last weights on the test digits once; cached in result.json, and in
+    the report's "runs" (`finished`), which is committed: a run finished in an earlier session is not redone."""
+    if run.name in finished:
+        return finished[run.name]
     folder = runs / run.name
     result_file = folder / "result.json"
     if result_file.exists():
@@ -83,7 +87,7 @@ def run_one(run: Run, runs: Path, data: Path, threads: int | None, test_limit: i
     last = train.main(args)
     model, info = load_weights(folder / train.WEIGHTS)
     x_test, y_test = load_split("test", data, test_limit)
-    result = {"arch": run.arch, "fraction": run.fraction, "train_digits": run.digits, "seed": run.seed,
+    result = {"name": run.name, "arch": run.arch, "fraction": run.fraction, "train_digits": run.digits, "seed": run.seed,
               "epochs": run.epochs, "images_seen": run.epochs * run.digits,
               "val_acc": last.get("val_acc"), "test_acc": train.accuracy(model, x_test, y_test),
               "test_digits": len(x_test), "train_seconds_this_session": round(time.time() - started, 1),
@@ -151,23 +155,32 @@ def main(argv: list[str] | None = None) -> dict:
         fractions, seeds, images, test_limit = (QUICK["fractions"], QUICK["seeds"], QUICK["images_per_run"],
                                                 QUICK["test_limit"])
     plan = [Run(arch, fraction, seed, images) for fraction in fractions for seed in seeds for arch in ARCHS]
+    report_file = args.out / "small-data.json"
+    earlier = json.loads(report_file.read_text()) if report_file.exists() else {}
+    finished = {r["name"]: r for r in earlier.get("runs", []) if "name" in r and earlier.get("quick") == args.quick}
     results = []
     for i, run in enumerate(plan, 1):
         print(f"[{i}/{len(plan)}] {run.name}: {run.digits:,} digits x {run.epochs} epochs", file=sys.stderr)
-        results.append(run_one(run, args.runs, args.data, args.threads, test_limit))
+        results.append(run_one(run, args.runs, args.data, args.threads, test_limit, finished))
         print(f"[{i}/{len(plan)}] {run.name}: test accuracy {results[-1]['test_acc']:.4f}", file=sys.stderr)
+        write_report(report_file, args.quick, images, results)  # after every run: what is finished is kept
     rows = table(results)
+    report = write_report(report_file, args.quick, images, results)
+    plot(rows, args.out)
+    print(json.dumps(rows, indent=2))
+    return report
+
+
+def write_report(path: Path, quick: bool, images: int, results: list[dict]) -> dict:
     report = {"claim": "capsule networks learn from smaller sets of training data than a CNN",
               "schedule": {"images_per_run": images, "run_lr_decay": round(RUN_LR_DECAY, 4), "val_digits": VAL,
                            "shift_px": 2, "batch_size": 128, "optimizer": "Adam, lr 1e-3",
                            "selection": "none: the last weights of a schedule fixed in advance"},
               "subset": f"the first N training digits after the fixed validation split (seed {train.VAL_SPLIT_SEED});"
                         " the same digits for both models and every seed",
-              "quick": args.quick, "rows": rows, "runs": results}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "small-data.json", report)
-    plot(rows, args.out)
-    print(json.dumps(rows, indent=2))
+              "quick": quick, "rows": table(results), "runs": results}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, report)
     return report
 
 
