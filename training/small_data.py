@@ -81,7 +81,7 @@ def run_one(run: Run, runs: Path, data: Path, threads: int | None, test_limit: i
     folder = runs / run.name
     result_file = folder / "result.json"
     if result_file.exists():
-        return json.loads(result_file.read_text())
+        return {"name": run.name, **json.loads(result_file.read_text())}
     started = time.time()
     args = run.train_args(folder, data, threads)
     last = train.main(args)
