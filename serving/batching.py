@@ -33,6 +33,7 @@ PIXELS = IMAGE_SIZE * IMAGE_SIZE
 
 MAX_CONCURRENCY = 128  # requests inside the service at once (BentoML's traffic.max_concurrency; 429 past it)
 MAX_WAITING = MAX_CONCURRENCY  # requests queued before new ones are refused (503, in-process callers only)
+KEPT_SIZES = 1000  # recent batch sizes kept for tests and metrics
 
 
 class Overloaded(RuntimeError):
@@ -44,7 +45,7 @@ class MicroBatcher:
         self.runtime = runtime
         self.max_batch = max_batch
         self.waiting: queue.Queue[tuple[np.ndarray, Future]] = queue.Queue(maxsize=max_waiting)
-        self.batch_sizes: list[int] = []  # recent batch sizes, for tests and metrics
+        self.batch_sizes: list[int] = []  # recent batch sizes (the last KEPT_SIZES to twice that), for tests and metrics
         threading.Thread(target=self._loop, name="capsnet-batcher", daemon=True).start()
 
     def submit(self, images: np.ndarray) -> Future:
@@ -88,12 +89,18 @@ class MicroBatcher:
             if not items:
                 continue
             try:
-                result = self.runtime.predict(np.concatenate([images for images, _ in items]))
+                batch = items[0][0] if len(items) == 1 else np.concatenate([images for images, _ in items])
+                result = self.runtime.predict(batch)
             except Exception as err:  # noqa: BLE001 - every waiting request hears about the failure
                 for _, done in items:
                     done.set_exception(err)
                 continue
-            self.batch_sizes = (self.batch_sizes + [len(result.labels)])[-1000:]
+            self.batch_sizes.append(len(result.labels))
+            if len(self.batch_sizes) > 2 * KEPT_SIZES:  # the recent ones, without copying the list on every batch
+                del self.batch_sizes[:KEPT_SIZES]
+            if len(items) == 1:
+                items[0][1].set_result(result)
+                continue
             start = 0
             for images, done in items:
                 rows = slice(start, start + len(images))

@@ -49,10 +49,11 @@ def validate_images(images: Any, max_batch: int = MAX_BATCH) -> np.ndarray:
 
 def check_pixels(array: np.ndarray) -> np.ndarray:
     """array itself when every value is finite and in [0, 1]; else InvalidInput."""
-    if not np.isfinite(array).all():
-        raise InvalidInput("'images' holds NaN or Infinity")
-    if array.min() < 0.0 or array.max() > 1.0:
-        raise InvalidInput(f"pixel values must lie in [0, 1]; got [{array.min():.4g}, {array.max():.4g}]")
+    low, high = array.min(), array.max()  # NaN propagates into both, and Infinity is past 1 or below 0
+    if not (low >= 0.0 and high <= 1.0):
+        if not np.isfinite(array).all():
+            raise InvalidInput("'images' holds NaN or Infinity")
+        raise InvalidInput(f"pixel values must lie in [0, 1]; got [{low:.4g}, {high:.4g}]")
     return array
 
 

@@ -224,7 +224,7 @@ class OpenInference:
 
     async def handle(self, request: Request) -> Response:
         """Any /v2 request -> its response."""
-        path, method = request.url.path.rstrip("/") or "/", request.method
+        path, method = request.scope["path"].rstrip("/") or "/", request.scope["method"]
         try:
             if path in ("/v2/health/live", "/v2/health/ready") and method == "GET":
                 live = path.endswith("live")

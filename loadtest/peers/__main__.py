@@ -8,8 +8,7 @@ timed. The servers run one at a time; in-process ONNX Runtime on the same core i
 after each, and each row's images/s is given as a share of it. Writes peers.json and peers.md under --out.
 
   service     this project: `bentoml serve`, /classify (JSON; raw float32) and the Open Inference
-              Protocol (/v2/.../infer: JSON tensors; binary tensors), the same worker and batcher; its two
-              formats for a body take --rounds turns
+              Protocol (/v2/.../infer: JSON tensors; binary tensors), the same worker and batcher
   pytriton    NVIDIA PyTriton: the real tritonserver, its dynamic batcher, the v2 protocol (JSON; binary)
   litserve    LitServe with its batching: JSON only
   rayserve    Ray Serve with @serve.batch: JSON; raw float32 (a deployment reads the request as it likes)
@@ -152,7 +151,7 @@ CLASSIFY_FORMS = {"1 digit, JSON": ("classify-json",), "1 digit, binary": ("clas
                   "8 digits, binary": ("classify-raw",)}
 V2_FORMS = {"1 digit, JSON": ("v2-json",), "1 digit, binary": ("v2-binary",), "8 digits, binary": ("v2-binary",)}
 PEERS = {p.name: p for p in [
-    # the service's two APIs, in one process, taking turns (serving/v2.py must keep up with /classify)
+    # the service's two APIs, in one process (serving/v2.py must keep up with /classify)
     Peer("service", None, "/readyz", {body: CLASSIFY_FORMS[body] + V2_FORMS[body] for body in BODIES}),
     Peer("pytriton", "pytriton", "/v2/models/capsnet/ready", V2_FORMS),
     Peer("litserve", "litserve", "/health", {body: ("litserve-json",) for body in BODIES}),
@@ -253,15 +252,10 @@ def measure(args: argparse.Namespace) -> dict:
                 scripts = [write_script(args.out / f"{name}-{count}-{i}", form, images[:count]) for i, form in enumerate(forms)]
                 for form, script in zip(forms, scripts):
                     wrk(url, script, {args.client_core}, args.connections, args.warmup, form.path)
-                parts: list[list[tuple[dict, float]]] = [[] for _ in forms]
-                rounds = args.rounds if len(forms) > 1 else 1  # a server's formats take turns, so that drift hits each alike
-                for _ in range(rounds):
-                    for form, script, part in zip(forms, scripts, parts):
-                        cpu_before = cpu_seconds(pid)
-                        result = wrk(url, script, {args.client_core}, args.connections, args.seconds / rounds, form.path)
-                        part.append((result, cpu_seconds(pid) - cpu_before))
-                for form, part in zip(forms, parts):
-                    row = {**combine(name, body, count, part), "format": form.name}
+                for form, script in zip(forms, scripts):
+                    cpu_before = cpu_seconds(pid)
+                    result = wrk(url, script, {args.client_core}, args.connections, args.seconds, form.path)
+                    row = {**combine(name, body, count, [(result, cpu_seconds(pid) - cpu_before)]), "format": form.name}
                     rows.append(row)
                     print(f"{name:10} {body:17} {form.name:26} {row['requests_per_s']:8.1f} req/s"
                           f" p99 {row['p99_ms']:.1f} ms  non-2xx {row['non_2xx']}", file=sys.stderr)
@@ -272,7 +266,6 @@ def measure(args: argparse.Namespace) -> dict:
     return {"in_process_images_per_s": round(model_rate, 1), "in_process_batch": best_batch,
             "in_process_samples": [round(r, 1) for r in samples], "server_core": args.server_core,
             "client_core": args.client_core, "connections": args.connections, "seconds": args.seconds,
-            "rounds": args.rounds,
             "threads": args.threads, "rows": rows, "left_out": left_out}
 
 
@@ -307,8 +300,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads of every server")
     p.add_argument("--connections", type=int, default=16, help="wrk connections")
     p.add_argument("--seconds", type=float, default=10, help="measured seconds per server, body and format")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="a server with several formats for a body (the service) measures them in this many turns")
     p.add_argument("--warmup", type=float, default=2, help="unmeasured seconds before each")
     p.add_argument("--in-process-seconds", type=float, default=1.5, help="seconds per in-process sample")
     p.add_argument("--peers-python", default=str(PEERS_PYTHON) if PEERS_PYTHON.exists() else sys.executable,
@@ -319,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"{' and '.join(QUICK_PEERS)} only, 1 s per body, 1 s warm-up (what the tests run)")
     args = p.parse_args(argv)
     if args.quick:
-        args.peers, args.seconds, args.warmup, args.in_process_seconds, args.rounds = QUICK_PEERS, 1, 1, 0.5, 1
+        args.peers, args.seconds, args.warmup, args.in_process_seconds = QUICK_PEERS, 1, 1, 0.5
     report = measure(args)
     (args.out / "peers.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "peers.md").write_text(markdown(report) + "\n")
