@@ -42,6 +42,7 @@ PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ["binary_tensor_data"]
 BATCHED = {"lengths", "reconstruction"}  # what the batcher's runs fetch
 HEADER_LENGTH = "inference-header-content-length"
+SERVER_ROUTES = ("/v2", "/v2/health/live", "/v2/health/ready")
 ROUTE = re.compile(rf"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<action>/ready|/infer)?$")
 JSON_TYPE = "application/json"
 
@@ -60,6 +61,11 @@ class Tensor:
 
 def error(status: int, message: str) -> Response:
     return Response(orjson.dumps({"error": message}), status, media_type=JSON_TYPE)
+
+
+def not_allowed(method: str, path: str, allowed: str) -> Response:
+    return Response(orjson.dumps({"error": f"{method} is not allowed on {path}; use {allowed}"}), 405,
+                    media_type=JSON_TYPE, headers={"Allow": allowed})
 
 
 def status_of(err: Exception) -> int:
@@ -226,22 +232,23 @@ class OpenInference:
         """Any /v2 request -> its response."""
         path, method = request.scope["path"].rstrip("/") or "/", request.scope["method"]
         try:
-            if path in ("/v2/health/live", "/v2/health/ready") and method == "GET":
-                live = path.endswith("live")
-                return Response(status_code=200 if live or self.ready() else 503)
-            if path == "/v2" and method == "GET":
-                return Response(orjson.dumps(self.server_metadata()), media_type=JSON_TYPE)
+            if path in SERVER_ROUTES:
+                if method != "GET":
+                    return not_allowed(method, path, "GET")
+                if path == "/v2":
+                    return Response(orjson.dumps(self.server_metadata()), media_type=JSON_TYPE)
+                return Response(status_code=200 if path.endswith("live") or self.ready() else 503)
             route = ROUTE.match(path)
             if route is None:
                 raise NotFound(f"no route {method} {path} in the Open Inference Protocol")
             version = self.check(route["model"], route["version"])
-            action = route["action"]
-            if action == "/infer" and method == "POST":
+            allowed = "POST" if route["action"] == "/infer" else "GET"
+            if method != allowed:
+                return not_allowed(method, path, allowed)
+            if route["action"] == "/infer":
                 return await self.infer(version, await request.body(), request.headers.get(HEADER_LENGTH))
-            if action == "/ready" and method == "GET":
+            if route["action"] == "/ready":
                 return Response(status_code=200 if self.ready() else 503)
-            if action is None and method == "GET":
-                return Response(orjson.dumps(self.model_metadata(version)), media_type=JSON_TYPE)
-            return error(405, f"{method} is not allowed on {path}")
+            return Response(orjson.dumps(self.model_metadata(version)), media_type=JSON_TYPE)
         except (InvalidInput, NotFound, Overloaded) as err:
             return error(status_of(err), str(err))

@@ -44,8 +44,11 @@ def test_schemathesis_with_all_checks_finds_nothing(service_url, tmp_path):
                           "--max-examples", "25", "--seed", "20261128", "--report-dir", str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-6000:]
-    assert "No issues found" in run.stdout
-    assert "Tested: 9" in run.stdout  # the five APIs and BentoML's health and metrics routes
+    assert "Failures:" not in run.stdout and "Tested: 18" in run.stdout  # the five APIs, BentoML's health and
+    # metrics routes, the nine v2 routes. Its one warning: no schema can tie an inference request's tensor shape
+    # to its data, so most generated v2 inference requests are refused (400, with the reason)
+    warnings = [line.strip() for line in run.stdout.splitlines() if line.strip().startswith("⚠️")]
+    assert warnings in ([], ["⚠️ Schema validation mismatch: 2 operations mostly rejected generated data"]), warnings
 
 
 @pytest.mark.slow

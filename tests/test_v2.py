@@ -164,7 +164,10 @@ def test_unknown_models_versions_and_routes_get_404(client, digits, path, status
     response = client.post(path, json=infer_json(digits[0][:1]))
     assert response.status_code == status and reason in response.json()["error"]
     assert client.get("/v2/models/mnist").status_code == 404
-    assert client.delete("/v2/models/capsnet").status_code == 405
+    for method, route, allowed in (("DELETE", "/v2/models/capsnet", "GET"), ("GET", "/v2/models/capsnet/infer", "POST"),
+                                   ("PUT", "/v2/health/live", "GET"), ("POST", "/v2", "GET")):
+        refused = client.request(method, route)
+        assert refused.status_code == 405 and refused.headers["allow"] == allowed, (method, route)
 
 
 def test_the_route_pattern_reads_model_version_and_action():
