@@ -37,7 +37,7 @@ from serving.runtime import CapsNetRuntime
 HAPROXY_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "haproxy" / "haproxy.cfg"
 MODES = ("rolling", "kill")
 SETTLE_S = 2.0  # after a replica is ready again, before the next one goes: HAProxy's `rise 2` at 0.5 s
-QUICK = {"seconds": 24, "users": 4, "drain_seconds": 2.0}
+QUICK = {"seconds": 20, "users": 4, "drain_seconds": 2.0}
 
 
 @dataclass

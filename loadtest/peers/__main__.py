@@ -251,7 +251,8 @@ def measure(args: argparse.Namespace) -> dict:
                 forms = [FORMS[form_name] for form_name in peer.forms[body]]
                 scripts = [write_script(args.out / f"{name}-{count}-{i}", form, images[:count]) for i, form in enumerate(forms)]
                 for form, script in zip(forms, scripts):
-                    wrk(url, script, {args.client_core}, args.connections, args.warmup, form.path)
+                    if args.warmup > 0:
+                        wrk(url, script, {args.client_core}, args.connections, args.warmup, form.path)
                 for form, script in zip(forms, scripts):
                     cpu_before = cpu_seconds(pid)
                     result = wrk(url, script, {args.client_core}, args.connections, args.seconds, form.path)
@@ -300,17 +301,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads of every server")
     p.add_argument("--connections", type=int, default=16, help="wrk connections")
     p.add_argument("--seconds", type=float, default=10, help="measured seconds per server, body and format")
-    p.add_argument("--warmup", type=float, default=2, help="unmeasured seconds before each")
+    p.add_argument("--warmup", type=float, default=2, help="unmeasured seconds before each (0: none)")
     p.add_argument("--in-process-seconds", type=float, default=1.5, help="seconds per in-process sample")
     p.add_argument("--peers-python", default=str(PEERS_PYTHON) if PEERS_PYTHON.exists() else sys.executable,
                    help="the Python that has the peers' packages (make peers-setup: .venv-peers)")
     p.add_argument("--data", type=Path, default=Path(DEFAULT_ROOT), help="MNIST root folder")
     p.add_argument("--out", type=Path, default=Path("runs/peers"), help="where the report goes")
     p.add_argument("--quick", action="store_true",
-                   help=f"{' and '.join(QUICK_PEERS)} only, 1 s per body, 1 s warm-up (what the tests run)")
+                   help=f"{' and '.join(QUICK_PEERS)} only, 1 s per body, no warm-up (what the tests run)")
     args = p.parse_args(argv)
     if args.quick:
-        args.peers, args.seconds, args.warmup, args.in_process_seconds = QUICK_PEERS, 1, 1, 0.5
+        args.peers, args.seconds, args.warmup, args.in_process_seconds = QUICK_PEERS, 1, 0, 0.5
     report = measure(args)
     (args.out / "peers.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "peers.md").write_text(markdown(report) + "\n")
