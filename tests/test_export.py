@@ -88,7 +88,9 @@ def test_export_removes_variants_it_did_not_make(tiny_run, tmp_path, mnist_root)
     run = run_export("--checkpoint", tiny_run / "checkpoint.safetensors", "--out", out, "--accuracy-digits", 200,
                      "--verify-digits", 200, "--data", mnist_root, "--variants")
     assert run.returncode == 0, run.stderr[-2000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["capsnet-decoder.onnx", "capsnet.onnx", "capsnet.verify.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["capsnet-decoder.onnx", "capsnet.onnx", "capsnet.verify.json",
+                                                          "triton"]
+    assert (tmp_path / "triton" / "capsnet" / "1" / "model.onnx").resolve() == out.resolve()  # its Triton repository
     assert json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["variants"]) == {}
 
 

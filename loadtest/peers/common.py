@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 
 import numpy as np
 import onnxruntime as ort
@@ -17,6 +18,13 @@ def arguments(description: str) -> argparse.Namespace:
     p.add_argument("--port", type=int, required=True, help="HTTP port on 127.0.0.1")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     return p.parse_args()
+
+
+def free_port() -> int:
+    """A loopback port no one listens on now (for a peer's second and third listeners)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def session(model: str, threads: int) -> ort.InferenceSession:

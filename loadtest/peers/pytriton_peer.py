@@ -8,7 +8,7 @@ from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
 
-from loadtest.peers.common import MAX_BATCH, arguments, lengths, session
+from loadtest.peers.common import MAX_BATCH, arguments, free_port, lengths, session
 
 
 def main() -> None:
@@ -20,7 +20,7 @@ def main() -> None:
         return {"lengths": lengths(sess, image)}
 
     config = TritonConfig(http_address="127.0.0.1", http_port=args.port, grpc_address="127.0.0.1",
-                          grpc_port=args.port + 1, metrics_port=args.port + 2, log_verbose=0)
+                          grpc_port=free_port(), metrics_port=free_port(), log_verbose=0)
     with Triton(config=config) as triton:
         triton.bind(model_name="capsnet", infer_func=infer,
                     inputs=[Tensor(name="image", dtype=np.float32, shape=(1, 28, 28))],
