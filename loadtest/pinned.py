@@ -252,11 +252,16 @@ def combine(label: str, body: str, count: int, parts: list[tuple[dict, float]]) 
             "client_cpu_s": round(sum(result["client_cpu_s"] for result, _ in parts), 2)}
 
 
-def markdown(report: dict) -> str:
+def in_process_summary(report: dict, where: str) -> str:
+    """The report's in-process ONNX Runtime rate, the share every row is given of."""
     samples = report["in_process_samples"]
-    lines = [f"In-process ONNX Runtime ({report['variant']}, cores {report['service_cores']}):"
-             f" {report['in_process_images_per_s']:,.0f} images/s at batch {report['in_process_batch']}"
-             f" (mean of {len(samples)} samples over the run, {min(samples):,.0f} to {max(samples):,.0f})."
+    return (f"In-process ONNX Runtime ({where}): {report['in_process_images_per_s']:,.0f} images/s at batch"
+            f" {report['in_process_batch']} (mean of {len(samples)} samples over the run, {min(samples):,.0f} to"
+            f" {max(samples):,.0f}).")
+
+
+def markdown(report: dict) -> str:
+    lines = [in_process_summary(report, f"{report['variant']}, cores {report['service_cores']}") +
              f" Servers on cores {report['service_cores']} ({report['workers']} service worker(s)),"
              f" wrk on {report['client_cores']}, {report['connections']} connections,"
              f" {report['seconds']:g} s per body and server in {report['rounds']} turns.", "",

@@ -37,7 +37,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from loadtest.pinned import InProcess, combine, cores, cpu_seconds, wrk
+from loadtest.pinned import InProcess, combine, cpu_seconds, in_process_summary, wrk
 from loadtest.server import free_port, stop_tree, wait_ready
 from mnist import DEFAULT_ROOT, read_split
 
@@ -271,10 +271,8 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def markdown(report: dict) -> str:
-    samples = report["in_process_samples"]
-    lines = [f"In-process ONNX Runtime (int8, {report['threads']} thread, core {report['server_core']}):"
-             f" {report['in_process_images_per_s']:,.0f} images/s at batch {report['in_process_batch']}"
-             f" ({len(samples)} samples, {min(samples):,.0f} to {max(samples):,.0f}). Each server alone on core"
+    lines = [in_process_summary(report, f"int8, {report['threads']} thread, core {report['server_core']}") +
+             f" Each server alone on core"
              f" {report['server_core']}, wrk on core {report['client_core']}, {report['connections']} connections,"
              f" {report['seconds']:g} s per body.", ""]
     for body in BODIES:
