@@ -82,7 +82,7 @@ def run_one(run: Run, runs: Path, data: Path, threads: int | None, test_limit: i
     result_file = folder / "result.json"
     if result_file.exists():
         return {"name": run.name, **json.loads(result_file.read_text())}
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     args = run.train_args(folder, data, threads)
     last = train.main(args)
     model, info = load_weights(folder / train.WEIGHTS)
@@ -91,6 +91,7 @@ def run_one(run: Run, runs: Path, data: Path, threads: int | None, test_limit: i
               "epochs": run.epochs, "images_seen": run.epochs * run.digits,
               "val_acc": last.get("val_acc"), "test_acc": train.accuracy(model, x_test, y_test),
               "test_digits": len(x_test), "train_seconds_this_session": round(time.time() - started, 1),
+              "cpu_seconds_this_session": round(time.process_time() - cpu_started, 1),
               "command": "python -m training " + " ".join(args)}
     write_json(result_file, result)
     return result
