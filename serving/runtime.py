@@ -122,9 +122,9 @@ def _listed_variants(fp32_path: Path, meta: dict[str, str]) -> dict[str, Path]:
     return {name: fp32_path.with_name(file) for name, file in json.loads(meta.get("variants", "{}")).items()}
 
 
-def variant_files(fp32_path: Path) -> dict[str, Path]:
+def variant_files(fp32_path: Path, fp32_metadata: dict[str, str]) -> dict[str, Path]:
     """fp32 and each variant its metadata names whose file exists: {variant: path}."""
-    listed = _listed_variants(fp32_path, read_metadata(fp32_path))
+    listed = _listed_variants(fp32_path, fp32_metadata)
     return {"fp32": fp32_path, **{name: path for name, path in listed.items() if path.exists()}}
 
 
@@ -220,6 +220,7 @@ class CapsNetRuntime:
         # may still bring up to MAX_BATCH images); on CUDA, not measured: MAX_BATCH
         measured = self.metadata.get("cpu_best_batch")
         self.merge_cap = int(measured) if measured and not on_cuda(self.session) else MAX_BATCH
+        self.variant_files = variant_files(fp32_path, choice.fp32_metadata)  # the versions the v2 protocol names
         decoder = choice.fp32_metadata.get("decoder")  # the page's live pose sliders run this one in the browser
         self.decoder_path = fp32_path.with_name(decoder) if decoder else None
 

@@ -34,7 +34,7 @@ from starlette.responses import Response
 
 from serving.batching import Batcher, Overloaded
 from serving.inputs import MAX_BATCH, IMAGE_SIZE, InvalidInput, TooLarge, check_pixels
-from serving.runtime import CapsNetRuntime, ModelError, variant_files
+from serving.runtime import CapsNetRuntime, ModelError
 from serving.settings import Settings
 
 MODEL = "capsnet"
@@ -176,7 +176,7 @@ class OpenInference:
         self.batcher = batcher
         self.settings = settings
         self.ready = ready  # () -> bool: false while the worker drains
-        self.files: dict[str, Path] = variant_files(settings.model)
+        self.files: dict[str, Path] = runtime.variant_files  # read from the fp32 file's metadata once, at start-up
         self.others: dict[str, CapsNetRuntime] = {runtime.variant: runtime}
         self.lock = threading.Lock()
         self.signature = runtime.signature()
