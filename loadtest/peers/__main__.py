@@ -107,8 +107,7 @@ FORMS = {
     "v2-json": Form("v2, JSON tensors", V2_PATH, v2_json, labels_v2),
     "v2-binary": Form("v2, binary tensors", V2_PATH, v2_binary, labels_v2),
     "litserve-json": Form("/predict, JSON", "/predict", json_images, labels_field),
-    "bentoml-json": Form("/classify, JSON (numpy)", "/classify", lambda x: (json.dumps({"images": x[:, 0].tolist()}).encode(),
-                                                                     {"Content-Type": "application/json"}), labels_of_lengths),
+    "bentoml-json": Form("/classify, JSON (numpy)", "/classify", json_images, labels_of_lengths),
 }
 
 
