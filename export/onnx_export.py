@@ -31,6 +31,7 @@ from export.batchsize import BATCHES, best_batch_metadata
 from export.variants import CALIBRATION_DIGITS, build_variants
 from training.checkpoint import load_weights, write_json
 from mnist import DEFAULT_ROOT, read_split
+from training.data import MNIST_SIZE, centre
 from training.model import CapsNet
 
 DEFAULT_OPSET = 18
@@ -43,6 +44,11 @@ VERIFY_BATCH_SIZES = (1, 7, 256)
 # published weights: fp16 within 9.3e-6 of PyTorch, int8 within 1.6e-3 (its lengths: 0.067)
 VARIANT_ROUTING_TOLERANCE = {"fp16": 1e-4, "int8": 1e-2}
 DECODER_VERIFY_DIGITS = 256
+
+
+def on_canvas(images: np.ndarray, size: int) -> np.ndarray:
+    """MNIST digits (N, 1, 28, 28) centred on a size x size canvas (themselves at 28)."""
+    return centre(torch.from_numpy(images), size).numpy()
 
 
 class Explained(nn.Module):
@@ -192,8 +198,9 @@ def export_and_verify(checkpoint: Path | str, out: Path | str, opset: int = DEFA
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model, info = load_weights(checkpoint)
+    size = model.cfg.image_size  # a model for a bigger canvas is verified on the test digits centred on it
     images, labels = read_split("test", data_root, accuracy_digits)
-    images = images[:, None]
+    images = on_canvas(images[:, None], size)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as folder:
         staged = Path(folder) / out.name
         export_onnx(model, staged, opset)
@@ -211,11 +218,12 @@ def export_and_verify(checkpoint: Path | str, out: Path | str, opset: int = DEFA
             "opset": str(opset),
             "test_accuracy_ort": f"{accuracy:.4f}",
             "test_digits": str(len(images)),
+            **({"test_set": f"MNIST test digits centred on {size}x{size}"} if size != MNIST_SIZE else {}),
             "variant": "fp32",
             **best_batch_metadata(staged, images[:max(BATCHES)]),
         }
         set_metadata(staged, metadata)
-        calibration = read_split("train", data_root, CALIBRATION_DIGITS)[0][:, None] if variants else None
+        calibration = on_canvas(read_split("train", data_root, CALIBRATION_DIGITS)[0][:, None], size) if variants else None
         built = build_variants(staged, list(variants), calibration, images, labels, metadata)
         for name, variant in built.items():
             diffs = compare(expected, ort_outputs(cpu_session(variant_path(staged, name)), images[:verify_digits], 256))

@@ -25,11 +25,9 @@ from concurrent.futures import Future
 import anyio
 import numpy as np
 
-from serving.inputs import IMAGE_SIZE, MAX_BATCH
+from serving.inputs import MAX_BATCH
 from serving.runtime import CapsNetRuntime, Prediction
 from serving.settings import BATCHERS as BATCHER_NAMES
-
-PIXELS = IMAGE_SIZE * IMAGE_SIZE
 
 MAX_CONCURRENCY = 128  # requests inside the service at once (BentoML's traffic.max_concurrency; 429 past it)
 MAX_WAITING = MAX_CONCURRENCY  # requests queued before new ones are refused (503, in-process callers only)
@@ -49,7 +47,7 @@ class MicroBatcher:
         threading.Thread(target=self._loop, name="capsnet-batcher", daemon=True).start()
 
     def submit(self, images: np.ndarray) -> Future:
-        """Queue images (validated float32 (N, 1, 28, 28); N may exceed max_batch: it then runs alone) for the
+        """Queue images (validated float32 (N, 1, S, S); N may exceed max_batch: it then runs alone) for the
         next batch; the future gets their Prediction. Raises Overloaded when the queue is full."""
         done: Future = Future()
         try:
@@ -134,7 +132,7 @@ class CorkBatcher:
         raise Overloaded("the batcher dropped this request: it would have waited past its max latency")
 
     async def _run_batches(self, batches: t.Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Each request's rows of one run, as (n, 784 + 10) arrays: BentoML splits and joins arrays only."""
+        """Each request's rows of one run, as (n, S*S + 10) arrays: BentoML splits and joins arrays only."""
         result = await anyio.to_thread.run_sync(self.runtime.predict, np.concatenate(batches))
         self.batch_sizes = (self.batch_sizes + [len(result.labels)])[-1000:]
         packed = np.concatenate([result.reconstructions.reshape(len(result.labels), -1), result.lengths], axis=1)
@@ -142,8 +140,9 @@ class CorkBatcher:
 
     async def predict_async(self, images: np.ndarray) -> Prediction:
         packed = await self._run(images)
-        lengths = packed[:, PIXELS:]
-        return Prediction(lengths.argmax(1), lengths, packed[:, :PIXELS].reshape(-1, IMAGE_SIZE, IMAGE_SIZE))
+        size = self.runtime.image_size
+        lengths = packed[:, size * size:]
+        return Prediction(lengths.argmax(1), lengths, packed[:, :size * size].reshape(-1, size, size))
 
 
 Batcher = MicroBatcher | CorkBatcher

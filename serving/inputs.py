@@ -10,10 +10,9 @@ from typing import Any
 
 import numpy as np
 
-IMAGE_SIZE = 28
+IMAGE_SIZE = 28  # MNIST's, the published model's; a served graph may take another square size (runtime.image_size)
 MAX_BATCH = 256  # images per request
 MAX_EXPLAIN = 16  # images per /explain request
-IMAGE_BYTES = IMAGE_SIZE * IMAGE_SIZE * 4  # one raw float32 image
 
 
 class InvalidInput(ValueError):
@@ -24,10 +23,11 @@ class TooLarge(InvalidInput):
     """The request is over a size limit (HTTP 413)."""
 
 
-def validate_images(images: Any, max_batch: int = MAX_BATCH) -> np.ndarray:
-    """A JSON array of N 28x28 (or 1x28x28) images in [0, 1] -> float32 (N, 1, 28, 28); else InvalidInput."""
+def validate_images(images: Any, max_batch: int = MAX_BATCH, size: int = IMAGE_SIZE) -> np.ndarray:
+    """A JSON array of N SxS (or 1xSxS) images in [0, 1] -> float32 (N, 1, S, S); else InvalidInput.
+    S is `size`, the served graph's image size (28 for MNIST)."""
     if not isinstance(images, list):
-        raise InvalidInput(f"'images' must be an array of N images of {IMAGE_SIZE}x{IMAGE_SIZE} numbers,"
+        raise InvalidInput(f"'images' must be an array of N images of {size}x{size} numbers,"
                            f" got {type(images).__name__}")
     if not images:
         raise InvalidInput("'images' is empty: send at least one image")
@@ -36,13 +36,13 @@ def validate_images(images: Any, max_batch: int = MAX_BATCH) -> np.ndarray:
     try:
         array = np.array(images)
     except (ValueError, TypeError):
-        raise InvalidInput("'images' is ragged: every image must be 28 rows of 28 numbers") from None
+        raise InvalidInput(f"'images' is ragged: every image must be {size} rows of {size} numbers") from None
     if array.dtype.kind not in "iuf":
         raise InvalidInput("'images' must hold only numbers (no strings, booleans, nulls or objects)")
     if array.ndim == 4 and array.shape[1] == 1:
         array = array[:, 0]
-    if array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise InvalidInput(f"each image must be {IMAGE_SIZE}x{IMAGE_SIZE} (or 1x{IMAGE_SIZE}x{IMAGE_SIZE});"
+    if array.shape[1:] != (size, size):
+        raise InvalidInput(f"each image must be {size}x{size} (or 1x{size}x{size});"
                            f" got images of shape {list(array.shape[1:])}")
     return check_pixels(array.astype(np.float32))[:, None]
 
@@ -57,11 +57,12 @@ def check_pixels(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def parse_octets(body: bytes, max_batch: int = MAX_BATCH) -> np.ndarray:
-    """An application/octet-stream body: N x 28 x 28 float32 little-endian in [0, 1] -> (N, 1, 28, 28)."""
-    if not body or len(body) % IMAGE_BYTES:
-        raise InvalidInput(f"an application/octet-stream body must be N x {IMAGE_SIZE} x {IMAGE_SIZE} float32"
-                           f" (a multiple of {IMAGE_BYTES} bytes); got {len(body)} bytes")
-    if len(body) // IMAGE_BYTES > max_batch:
-        raise TooLarge(f"the body holds {len(body) // IMAGE_BYTES} images; at most {max_batch} per request")
-    return check_pixels(np.frombuffer(body, dtype="<f4").reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE))
+def parse_octets(body: bytes, max_batch: int = MAX_BATCH, size: int = IMAGE_SIZE) -> np.ndarray:
+    """An application/octet-stream body: N x S x S float32 little-endian in [0, 1] -> (N, 1, S, S)."""
+    image_bytes = size * size * 4
+    if not body or len(body) % image_bytes:
+        raise InvalidInput(f"an application/octet-stream body must be N x {size} x {size} float32"
+                           f" (a multiple of {image_bytes} bytes); got {len(body)} bytes")
+    if len(body) // image_bytes > max_batch:
+        raise TooLarge(f"the body holds {len(body) // image_bytes} images; at most {max_batch} per request")
+    return check_pixels(np.frombuffer(body, dtype="<f4").reshape(-1, 1, size, size))

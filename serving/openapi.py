@@ -18,18 +18,8 @@ from serving.inputs import IMAGE_SIZE, MAX_BATCH, MAX_EXPLAIN
 from serving.settings import VARIANTS
 
 ROUTE = "/docs.json"
+MNIST_GRID = 6  # the primary-capsule grid at 28x28
 PIXEL = {"type": "number", "minimum": 0, "maximum": 1}
-ROW = {"type": "array", "minItems": IMAGE_SIZE, "maxItems": IMAGE_SIZE, "items": PIXEL}
-IMAGE = {"type": "array", "minItems": IMAGE_SIZE, "maxItems": IMAGE_SIZE, "items": ROW}
-IMAGES = {"description": f"N images of {IMAGE_SIZE}x{IMAGE_SIZE} (or all of 1x{IMAGE_SIZE}x{IMAGE_SIZE}) grey levels"
-                         f" in [0, 1], a white digit on black, 1 <= N <= {MAX_BATCH}",
-          "anyOf": [{"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": IMAGE},
-                    {"type": "array", "minItems": 1, "maxItems": MAX_BATCH,
-                     "items": {"type": "array", "minItems": 1, "maxItems": 1, "items": IMAGE}}]}
-IMAGES_BODY = {"type": "object", "required": ["images"], "properties": {"images": IMAGES}}
-EXPLAIN_BODY = {"type": "object", "required": ["images"], "properties": {"images": {
-    "description": IMAGES["description"].replace(f"N <= {MAX_BATCH}", f"N <= {MAX_EXPLAIN}"),
-    "anyOf": [{**schema, "maxItems": MAX_EXPLAIN} for schema in IMAGES["anyOf"]]}}}
 UPLOAD = {"type": "string", "format": "binary",
           "description": "PNG, JPEG, BMP, GIF or WebP, at most 10 MiB and 16,777,216 pixels"}
 LABEL = {"type": "integer", "minimum": 0, "maximum": 9}
@@ -37,10 +27,6 @@ LENGTHS = {"type": "array", "minItems": 10, "maxItems": 10, "items": {"type": "n
 SHARE = {"type": "number", "minimum": 0, "maximum": 1}
 POSE = {"type": "array", "minItems": 16, "maxItems": 16, "items": {"type": "number"},
         "description": "the winning digit capsule's 16 numbers (its length is the class score)"}
-ROUTING_MAP = {"type": "array", "minItems": 6, "maxItems": 6,
-               "items": {"type": "array", "minItems": 6, "maxItems": 6, "items": SHARE},
-               "description": "per position of the 6x6 primary-capsule grid: the mean over its 32 capsules of the share"
-                              " of each one's vote that the last routing iteration sent to the winner (0.1: no preference)"}
 ROUTING_TYPES = {"type": "array", "minItems": 32, "maxItems": 32, "items": SHARE,
                  "description": "the same share per primary-capsule type, averaged over the 36 positions"}
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
@@ -48,8 +34,6 @@ ERRORS = {"400": "malformed input; the error says what is wrong",
           "413": "over a limit: more than 256 images (16 for /explain), a body over 16 MiB, an upload over 10 MiB or 16,777,216 pixels",
           "429": "more than 128 requests in the service at once",
           "503": "the batcher's queue is full"}
-OCTETS = {"type": "string", "format": "binary",
-          "description": f"N x {IMAGE_SIZE} x {IMAGE_SIZE} float32 little-endian in [0, 1], raw, 1 <= N <= {MAX_BATCH}"}
 
 
 def json_content(schema: dict[str, Any]) -> dict[str, Any]:
@@ -65,20 +49,7 @@ def answers(ok: dict[str, Any]) -> dict[str, Any]:
 
 # The Open Inference Protocol's routes (serving/v2.py), as its HTTP/REST specification states them
 V2_TAG = ["Open Inference Protocol (v2)"]
-V2_TENSOR = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
-    "name": {"type": "string", "enum": ["image"]}, "datatype": {"type": "string", "enum": ["FP32"]},
-    "shape": {"type": "array", "minItems": 4, "maxItems": 4, "items": {"type": "integer", "minimum": 1},
-              "description": f"[N, 1, {IMAGE_SIZE}, {IMAGE_SIZE}], 1 <= N <= {MAX_BATCH}"},
-    "data": {"type": "array", "items": PIXEL, "description": "N x 784 numbers in [0, 1], row-major (or nested by the shape)"},
-    "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}}}}
 V2_OUTPUTS = ["lengths", "poses", "reconstruction", "routing_map", "routing_types"]
-V2_REQUEST = {"type": "object", "required": ["inputs"], "properties": {
-    "id": {"type": "string"},
-    "parameters": {"type": "object", "properties": {"binary_data_output": {"type": "boolean"}}},
-    "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": V2_TENSOR},
-    "outputs": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["name"], "properties": {
-        "name": {"type": "string", "enum": V2_OUTPUTS},
-        "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}}}}}}}
 V2_OUTPUT_TENSOR = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
     "name": {"type": "string"}, "datatype": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
     "data": {"type": "array", "items": {"type": "number"}}, "parameters": {"type": "object"}}}
@@ -100,6 +71,46 @@ V2_ERRORS = {"400": "not a request the protocol and the model take; the error sa
              "503": "the batcher's queue is full"}
 
 
+def image_schemas(size: int, grid: int) -> dict[str, Any]:
+    """The schemas that name the image size S, the served graph's (28 for MNIST, 40 or 36 on bigger canvases),
+    and its primary-capsule grid G (6 at 28x28)."""
+    row = {"type": "array", "minItems": size, "maxItems": size, "items": PIXEL}
+    image = {"type": "array", "minItems": size, "maxItems": size, "items": row}
+    images = {"description": f"N images of {size}x{size} (or all of 1x{size}x{size}) grey levels"
+                             f" in [0, 1], a white digit on black, 1 <= N <= {MAX_BATCH}",
+              "anyOf": [{"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": image},
+                        {"type": "array", "minItems": 1, "maxItems": MAX_BATCH,
+                         "items": {"type": "array", "minItems": 1, "maxItems": 1, "items": image}}]}
+    explain = {"description": images["description"].replace(f"N <= {MAX_BATCH}", f"N <= {MAX_EXPLAIN}"),
+               "anyOf": [{**schema, "maxItems": MAX_EXPLAIN} for schema in images["anyOf"]]}
+    tensor = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
+        "name": {"type": "string", "enum": ["image"]}, "datatype": {"type": "string", "enum": ["FP32"]},
+        "shape": {"type": "array", "minItems": 4, "maxItems": 4, "items": {"type": "integer", "minimum": 1},
+                  "description": f"[N, 1, {size}, {size}], 1 <= N <= {MAX_BATCH}"},
+        "data": {"type": "array", "items": PIXEL,
+                 "description": f"N x {size * size} numbers in [0, 1], row-major (or nested by the shape)"},
+        "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}}}}
+    return {
+        "image": image,
+        "routing_map": {"type": "array", "minItems": grid, "maxItems": grid,
+                        "items": {"type": "array", "minItems": grid, "maxItems": grid, "items": SHARE},
+                        "description": f"per position of the {grid}x{grid} primary-capsule grid: the mean over its 32"
+                                       " capsules of the share of each one's vote that the last routing iteration sent"
+                                       " to the winner (0.1: no preference)"},
+        "images_body": {"type": "object", "required": ["images"], "properties": {"images": images}},
+        "explain_body": {"type": "object", "required": ["images"], "properties": {"images": explain}},
+        "octets": {"type": "string", "format": "binary",
+                   "description": f"N x {size} x {size} float32 little-endian in [0, 1], raw, 1 <= N <= {MAX_BATCH}"},
+        "v2_request": {"type": "object", "required": ["inputs"], "properties": {
+            "id": {"type": "string"},
+            "parameters": {"type": "object", "properties": {"binary_data_output": {"type": "boolean"}}},
+            "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": tensor},
+            "outputs": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["name"], "properties": {
+                "name": {"type": "string", "enum": V2_OUTPUTS},
+                "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}}}}}}},
+    }
+
+
 def v2_answers(ok: dict[str, Any], errors: tuple[str, ...] = ("404",)) -> dict[str, Any]:
     documented = {"200": {"description": "OK", "content": ok}}
     for status in errors:
@@ -108,10 +119,10 @@ def v2_answers(ok: dict[str, Any], errors: tuple[str, ...] = ("404",)) -> dict[s
     return documented
 
 
-def v2_paths() -> dict[str, Any]:
+def v2_paths(shapes: dict[str, Any]) -> dict[str, Any]:
     health = {"200": {"description": "yes"}, "503": {"description": "no: the worker is draining (SIGTERM)"}}
     infer = {"tags": V2_TAG, "summary": "inference: JSON tensors, or the binary tensor data extension",
-             "requestBody": {"required": True, "content": json_content(V2_REQUEST)},
+             "requestBody": {"required": True, "content": json_content(shapes["v2_request"])},
              "responses": v2_answers({**json_content(V2_RESPONSE), "application/octet-stream": {"schema": {
                  "type": "string", "format": "binary", "description": "the JSON header (Inference-Header-Content-Length"
                                                                       " bytes), then each binary output"}}},
@@ -135,25 +146,27 @@ def v2_paths() -> dict[str, Any]:
     }
 
 
-def fix(document: dict[str, Any]) -> dict[str, Any]:
-    """BentoML's document -> a valid OpenAPI 3 document that says what the service does."""
+def fix(document: dict[str, Any], size: int = IMAGE_SIZE, grid: int = MNIST_GRID) -> dict[str, Any]:
+    """BentoML's document -> a valid OpenAPI 3 document that says what the service does, for the served graph's
+    image size and primary-capsule grid."""
     paths = document["paths"]
+    shapes = image_schemas(size, grid)
     classify = paths["/classify"]["post"]
     classify["requestBody"] = {"required": True, "content": {
-        **json_content(IMAGES_BODY), "application/octet-stream": {"schema": OCTETS}}}
+        **json_content(shapes["images_body"]), "application/octet-stream": {"schema": shapes["octets"]}}}
     classify["responses"] = answers({"type": "object", "required": ["labels", "lengths"], "properties": {
         "labels": {"type": "array", "items": LABEL}, "lengths": {"type": "array", "items": LENGTHS}}})
     reconstruct = paths["/reconstruct"]["post"]
-    reconstruct["requestBody"] = {"required": True, "content": json_content(IMAGES_BODY)}
+    reconstruct["requestBody"] = {"required": True, "content": json_content(shapes["images_body"])}
     reconstruct["responses"] = answers({"type": "object", "required": ["labels", "reconstructions"], "properties": {
-        "labels": {"type": "array", "items": LABEL}, "reconstructions": {"type": "array", "items": IMAGE}}})
+        "labels": {"type": "array", "items": LABEL}, "reconstructions": {"type": "array", "items": shapes["image"]}}})
     explain = paths["/explain"]["post"]
-    explain["requestBody"] = {"required": True, "content": json_content(EXPLAIN_BODY)}
+    explain["requestBody"] = {"required": True, "content": json_content(shapes["explain_body"])}
     explain["responses"] = answers({"type": "object", "properties": {
         "labels": {"type": "array", "items": LABEL}, "lengths": {"type": "array", "items": LENGTHS},
-        "poses": {"type": "array", "items": POSE}, "routing_maps": {"type": "array", "items": ROUTING_MAP},
+        "poses": {"type": "array", "items": POSE}, "routing_maps": {"type": "array", "items": shapes["routing_map"]},
         "routing_types": {"type": "array", "items": ROUTING_TYPES},
-        "reconstructions": {"type": "array", "items": IMAGE}},
+        "reconstructions": {"type": "array", "items": shapes["image"]}},
         "required": ["labels", "lengths", "poses", "routing_maps", "routing_types", "reconstructions"]})
     upload = paths["/classify_image"]["post"]
     upload["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -163,7 +176,7 @@ def fix(document: dict[str, Any]) -> dict[str, Any]:
     metadata = paths["/metadata"]["post"]
     metadata["requestBody"] = {"required": False, "content": json_content({"type": "object"})}
     metadata["responses"] = answers({"type": "object", "required": ["model_name", "variant", "providers"]})
-    paths.update(v2_paths())
+    paths.update(v2_paths(shapes))
     # only what the paths refer to: BentoML's others (its task status, with the OpenAPI 3.1 type "null")
     # describe routes this service does not have
     used = json.dumps(paths)
@@ -176,8 +189,9 @@ def fix(document: dict[str, Any]) -> dict[str, Any]:
 class OpenAPIFix:
     """Rewrites the body of GET /docs.json with `fix`; every other request passes untouched."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, bound: Any = None) -> None:
         self.app = app
+        self.bound = bound  # the worker's Routes (serving.routes.Bound): the served graph's sizes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != ROUTE:
@@ -194,7 +208,9 @@ class OpenAPIFix:
         await self.app(scope, receive, keep)
         body = b"".join(chunks)
         if start.get("status") == 200:
-            body = json.dumps(fix(json.loads(body)), ensure_ascii=False).encode()
+            runtime = self.bound.routes.runtime if self.bound is not None else None
+            sizes = (runtime.image_size, runtime.routing_grid) if runtime is not None else (IMAGE_SIZE, MNIST_GRID)
+            body = json.dumps(fix(json.loads(body), *sizes), ensure_ascii=False).encode()
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
         await send({**start, "headers": headers + [(b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -1,4 +1,4 @@
-"""Any uploaded digit image -> a 1x28x28 float32 array prepared the way MNIST was made.
+"""Any uploaded digit image -> a 1x28x28 float32 array prepared the way MNIST was made (1xSxS for a graph on a bigger canvas).
 
 Grey; bright digit on dark (inverted when the background is light); cropped to the ink; fitted
 into 20x20 keeping the aspect ratio; placed in 28x28 with its centre of mass at the centre.
@@ -59,13 +59,14 @@ def to_grey(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
 
 
-def mnist_style(grey: np.ndarray) -> np.ndarray:
-    """(H, W) grey in [0, 1] -> (1, 28, 28) float32 in [0, 1], bright digit centred by mass."""
+def mnist_style(grey: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+    """(H, W) grey in [0, 1] -> (1, size, size) float32 in [0, 1], bright digit centred by mass. At MNIST's scale
+    on any canvas: fitted into 20x20, so on a 40x40 canvas the digit is what an MNIST digit placed there is."""
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     background = float(np.median(border))
     ink = grey - background if background < 0.5 else background - grey  # digit bright on dark
     span = float(ink.max())
-    out = np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    out = np.zeros((1, size, size), dtype=np.float32)
     if span <= 1e-3:
         return out  # a blank image: nothing to centre
     ink = np.clip(ink / span, 0.0, 1.0)
@@ -73,23 +74,23 @@ def mnist_style(grey: np.ndarray) -> np.ndarray:
     ink = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]  # crop to the ink
     h, w = ink.shape
     scale = FIT / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    patch = np.asarray(Image.fromarray(ink, mode="F").resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0))
+    fitted = (max(1, round(w * scale)), max(1, round(h * scale)))
+    patch = np.asarray(Image.fromarray(ink, mode="F").resize(fitted, Image.Resampling.BILINEAR, reducing_gap=3.0))
     patch = np.clip(patch, 0.0, 1.0)
     mass = patch.sum()
     ys, xs = np.indices(patch.shape)
     cy, cx = (ys * patch).sum() / mass, (xs * patch).sum() / mass
-    top = int(round(IMAGE_SIZE / 2 - cy))
-    left = int(round(IMAGE_SIZE / 2 - cx))
-    top = min(max(top, 0), IMAGE_SIZE - patch.shape[0])
-    left = min(max(left, 0), IMAGE_SIZE - patch.shape[1])
+    top = int(round(size / 2 - cy))
+    left = int(round(size / 2 - cx))
+    top = min(max(top, 0), size - patch.shape[0])
+    left = min(max(left, 0), size - patch.shape[1])
     out[0, top:top + patch.shape[0], left:left + patch.shape[1]] = patch
     return out
 
 
-def preprocess(data: bytes) -> np.ndarray:
-    """Uploaded bytes -> (1, 28, 28) float32 in [0, 1]."""
+def preprocess(data: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Uploaded bytes -> (1, size, size) float32 in [0, 1]; size is the served graph's image size."""
     image = decode(data)
     if getattr(image, "n_frames", 1) > 1:
         image.seek(0)  # animated GIF / WebP: the first frame
-    return mnist_style(to_grey(image))
+    return mnist_style(to_grey(image), size)

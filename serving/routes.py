@@ -97,6 +97,7 @@ class Routes:
         self.runtime = runtime
         self.batcher = batcher
         self.settings = settings
+        self.size = runtime.image_size  # every image is the served graph's size: 28 for MNIST, 40 or 36 on bigger canvases
         self.v2 = OpenInference(runtime, batcher, settings, ready)  # the Open Inference Protocol (serving/v2.py)
 
     async def classify_body(self, body: bytes, content_type: str) -> JSONResponse | None:
@@ -105,9 +106,9 @@ class Routes:
         kind = media_type(content_type)
         try:
             if kind == RAW:
-                images = parse_octets(body)
+                images = parse_octets(body, size=self.size)
             elif kind in JSON_TYPES and (found := json_images(body)) is not None:
-                images = validate_images(found)
+                images = validate_images(found, size=self.size)
             else:
                 return None
             return answer(classify_answer(await self.batcher.predict_async(images)))
@@ -117,7 +118,7 @@ class Routes:
     async def classify(self, images: Any) -> JSONResponse:
         """/classify for images BentoML's API parsed."""
         try:
-            return answer(classify_answer(await self.batcher.predict_async(validate_images(images))))
+            return answer(classify_answer(await self.batcher.predict_async(validate_images(images, size=self.size))))
         except (InvalidInput, Overloaded) as err:
             return error_response(err)
 
@@ -131,16 +132,16 @@ class Routes:
     async def classify_image(self, data: bytes) -> JSONResponse:
         """An uploaded image's bytes -> {"label": int, "lengths": [10]}."""
         try:
-            image = await anyio.to_thread.run_sync(preprocess, data)  # up to 16 M pixels: not on the event loop
+            image = await anyio.to_thread.run_sync(preprocess, data, self.size)  # up to 16 M pixels: not on the event loop
             p = await self.batcher.predict_async(image[None])
         except (InvalidInput, Overloaded) as err:
             return error_response(err)
         return answer({"label": int(p.labels[0]), "lengths": p.lengths[0].tolist()})
 
     async def reconstruct(self, images: Any) -> JSONResponse:
-        """/classify's images -> {"labels": [N], "reconstructions": [N x 28 x 28]}."""
+        """/classify's images -> {"labels": [N], "reconstructions": [N x S x S]}."""
         try:
-            p = await self.batcher.predict_async(validate_images(images))
+            p = await self.batcher.predict_async(validate_images(images, size=self.size))
         except (InvalidInput, Overloaded) as err:
             return error_response(err)
         return answer({"labels": p.labels.tolist(), "reconstructions": p.reconstructions.round(DIGITS).tolist()})
@@ -149,7 +150,7 @@ class Routes:
         """At most 16 images -> the labels and lengths, the winner's pose, its routing and the reconstructions.
         Runs the model itself, in a thread, outside the batcher: it fetches outputs /classify skips."""
         try:
-            checked = validate_images(images, MAX_EXPLAIN)
+            checked = validate_images(images, MAX_EXPLAIN, self.size)
         except InvalidInput as err:
             return error_response(err)
         return answer(explain_answer(await anyio.to_thread.run_sync(self.runtime.explain, checked)))
@@ -160,10 +161,10 @@ class Routes:
                 "workers": self.settings.workers, "batcher": self.settings.batcher}
 
     async def page_predict(self, request: Request) -> JSONResponse:
-        """POST /ui/predict: one upload -> the page's view of it: label, lengths, the 28x28 input the model saw,
+        """POST /ui/predict: one upload -> the page's view of it: label, lengths, the input the model saw,
         its reconstruction, the winner's pose and routing map."""
         def run(data: bytes) -> tuple[np.ndarray, Explanation]:
-            batch = preprocess(data)[None]
+            batch = preprocess(data, self.size)[None]
             return batch, self.runtime.explain(batch)
 
         try:

@@ -93,19 +93,22 @@ def read_metadata(model_path: Path) -> dict[str, str]:
     return dict(session.get_modelmeta().custom_metadata_map)
 
 
-def check_graph(session: ort.InferenceSession, model_path: Path) -> str:
-    """The graph's input name, once its input and outputs are what the service needs; else ModelError."""
+def check_graph(session: ort.InferenceSession, model_path: Path) -> tuple[str, int]:
+    """The graph's input name and image size S, once its input ([N, 1, S, S] float) and outputs are what the
+    service needs; else ModelError. S is the graph's own (28 for MNIST; 40 or 36 on the bigger canvases)."""
     inputs = session.get_inputs()
     outputs = {o.name for o in session.get_outputs()}
     shape = inputs[0].shape[1:] if len(inputs) == 1 else None
-    if shape != [1, IMAGE_SIZE, IMAGE_SIZE] or inputs[0].type != "tensor(float)":
+    square = (shape is not None and len(shape) == 3 and shape[0] == 1 and isinstance(shape[1], int)
+              and shape[1] == shape[2] and shape[1] > 0)
+    if not square or inputs[0].type != "tensor(float)":
         found = [(i.name, i.type, i.shape) for i in inputs]
-        raise ModelError(f"{model_path}: expected one float input of shape [N, 1, {IMAGE_SIZE}, {IMAGE_SIZE}],"
+        raise ModelError(f"{model_path}: expected one float input of shape [N, 1, S, S] (S = {IMAGE_SIZE} for MNIST),"
                          f" found {found}")
     if missing := NEEDED_OUTPUTS - outputs:
         raise ModelError(f"{model_path}: the graph has no output {', '.join(sorted(missing))}"
                          f" (outputs: {', '.join(sorted(outputs))}); was it made by `python -m export`?")
-    return inputs[0].name
+    return inputs[0].name, shape[1]
 
 
 @dataclass
@@ -191,7 +194,7 @@ def _finish(choice: Choice, warnings: list[str]) -> Choice:
 class Prediction:
     labels: np.ndarray  # (N,) int64
     lengths: np.ndarray  # (N, 10) float32
-    reconstructions: np.ndarray  # (N, 28, 28) float32
+    reconstructions: np.ndarray  # (N, S, S) float32, S the graph's image size
 
 
 @dataclass(frozen=True)
@@ -200,8 +203,8 @@ class Explanation:
     labels: np.ndarray  # (N,) int64
     lengths: np.ndarray  # (N, 10)
     poses: np.ndarray  # (N, 16): the winning capsule's
-    reconstructions: np.ndarray  # (N, 28, 28)
-    routing_maps: np.ndarray  # (N, 6, 6): share of each position's 32 primary capsules' votes that went to the winner
+    reconstructions: np.ndarray  # (N, S, S)
+    routing_maps: np.ndarray  # (N, G, G), G = 6 at 28x28: share of each position's 32 primary capsules' votes that went to the winner
     routing_types: np.ndarray  # (N, 32): the same share per capsule type, over the 36 positions
 
 
@@ -214,7 +217,8 @@ class CapsNetRuntime:
         choice = open_variant(fp32_path, variant, device, threads)
         self.variant, self.model_path, self.session, self.warnings = (choice.variant, choice.path, choice.session,
                                                                       choice.warnings)
-        self.input_name = check_graph(self.session, self.model_path)
+        self.input_name, self.image_size = check_graph(self.session, self.model_path)  # the image size: the graph's
+        self.routing_grid = next(o.shape[1] for o in self.session.get_outputs() if o.name == ROUTING_MAP)
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         # merged batches stop at the size the served file ran fastest at on the CPU when exported (a request
         # may still bring up to MAX_BATCH images); on CUDA, not measured: MAX_BATCH
@@ -229,14 +233,14 @@ class CapsNetRuntime:
         return self.session.get_providers()
 
     def predict(self, images: np.ndarray) -> Prediction:
-        """images: float32 (N, 1, 28, 28), already validated."""
+        """images: float32 (N, 1, S, S), already validated."""
         # the graph also computes the routing summary, which costs nothing measurable (BENCHMARKS.md, "The routing
         # outputs"); ONNX Runtime's only_execute_path_to_fetches, which would skip it, measured no faster
         lengths, reconstruction = self.session.run([LENGTHS, RECONSTRUCTION], {self.input_name: images})
         return Prediction(lengths.argmax(1), lengths, reconstruction[:, 0])
 
     def run(self, outputs: list[str], images: np.ndarray) -> list[np.ndarray]:
-        """The named outputs of the graph for images (float32 (N, 1, 28, 28), already validated)."""
+        """The named outputs of the graph for images (float32 (N, 1, S, S), already validated)."""
         return self.session.run(outputs, {self.input_name: images})
 
     def signature(self) -> dict[str, list[dict[str, Any]]]:
@@ -244,7 +248,7 @@ class CapsNetRuntime:
         return {"inputs": tensor_specs(self.session.get_inputs()), "outputs": tensor_specs(self.session.get_outputs())}
 
     def explain(self, images: np.ndarray) -> Explanation:
-        """images: float32 (N, 1, 28, 28), already validated."""
+        """images: float32 (N, 1, S, S), already validated."""
         lengths, poses, reconstruction, routing_map, routing_types = self.session.run(
             [LENGTHS, POSES, RECONSTRUCTION, ROUTING_MAP, ROUTING_TYPES], {self.input_name: images})
         labels = lengths.argmax(1)
@@ -264,6 +268,7 @@ class CapsNetRuntime:
             "opset": int(meta.get("opset", 0)) or None,
             "routing_iterations": int(meta.get("routing_iterations", 0)) or None,
             "config": json.loads(meta["config"]) if "config" in meta else None,
+            "image_size": self.image_size,
             "device": self.device,
             "providers": self.providers,
             "merge_cap": self.merge_cap,

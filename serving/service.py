@@ -120,4 +120,4 @@ class CapsNet:
 CapsNet.add_asgi_middleware(CloseWhileDraining, drain=DRAIN)  # after SIGTERM: every answer closes its connection
 CapsNet.add_asgi_middleware(RequestGate)  # body size limits, before anything is parsed
 CapsNet.add_asgi_middleware(FastPath, bound=WORKER)  # /classify's common bodies and uploads to the routes
-CapsNet.add_asgi_middleware(OpenAPIFix)  # /docs.json: valid OpenAPI 3, exact about inputs and answers
+CapsNet.add_asgi_middleware(OpenAPIFix, bound=WORKER)  # /docs.json: valid OpenAPI 3, exact about inputs and answers

@@ -11,7 +11,8 @@ The versions are what the export wrote and the service checks: fp32, int8, fp16 
 exist). Without a version, and with the version the service runs (int8 on the CPU, fp16 on CUDA), a
 request asking only for `lengths` and `reconstruction` goes through the worker's batcher, merged with
 /classify's requests; any other output or version runs its own session (created once, on first use)
-in a thread. The input is the graph's, `image`: FP32 [N, 1, 28, 28] in [0, 1], N <= 256, as JSON
+in a thread. The input is the graph's, `image`: FP32 [N, 1, S, S] (S = 28 for MNIST, the graph's own size)
+in [0, 1], N <= 256, as JSON
 `data` (flat or nested) or as binary data; outputs are chosen by name, each as JSON or as binary data.
 
 Errors are `{"error": "..."}`: 404 for an unknown model or version, 400 for a request that is not
@@ -33,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from serving.batching import Batcher, Overloaded
-from serving.inputs import MAX_BATCH, IMAGE_SIZE, InvalidInput, TooLarge, check_pixels
+from serving.inputs import MAX_BATCH, InvalidInput, TooLarge, check_pixels
 from serving.runtime import CapsNetRuntime, ModelError
 from serving.settings import Settings
 
@@ -90,8 +91,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
     return header, body[size:]
 
 
-def read_images(header: dict[str, Any], binary: bytes, input_name: str) -> np.ndarray:
-    """The one input tensor, checked: FP32 [N, 1, 28, 28] in [0, 1], 1 <= N <= MAX_BATCH."""
+def read_images(header: dict[str, Any], binary: bytes, input_name: str, size: int) -> np.ndarray:
+    """The one input tensor, checked: FP32 [N, 1, size, size] in [0, 1], 1 <= N <= MAX_BATCH."""
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise InvalidInput(f"'inputs' must hold exactly one tensor, '{input_name}'")
@@ -101,20 +102,20 @@ def read_images(header: dict[str, Any], binary: bytes, input_name: str) -> np.nd
     if tensor.get("datatype") != "FP32":
         raise InvalidInput(f"input '{input_name}' has datatype {tensor.get('datatype')!r}; the model takes FP32")
     shape = tensor.get("shape")
-    expected = [1, IMAGE_SIZE, IMAGE_SIZE]
+    expected = [1, size, size]
     if (not isinstance(shape, list) or len(shape) != 4 or shape[1:] != expected
             or not all(type(d) is int for d in shape) or shape[0] < 1):
-        raise InvalidInput(f"input '{input_name}' has shape {shape}; the model takes [N, 1, {IMAGE_SIZE}, {IMAGE_SIZE}]"
+        raise InvalidInput(f"input '{input_name}' has shape {shape}; the model takes [N, 1, {size}, {size}]"
                            f" with N >= 1")
     if shape[0] > MAX_BATCH:
         raise TooLarge(f"input '{input_name}' holds {shape[0]} images; at most {MAX_BATCH} per request")
-    count = shape[0] * IMAGE_SIZE * IMAGE_SIZE
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
-    if size is not None:
+    count = shape[0] * size * size
+    claimed = (tensor.get("parameters") or {}).get("binary_data_size")
+    if claimed is not None:
         if "data" in tensor:
             raise InvalidInput(f"input '{input_name}' has both 'data' and binary_data_size")
-        if type(size) is not int or size != count * 4 or len(binary) != size:
-            raise InvalidInput(f"input '{input_name}': binary_data_size {size!r} and the {len(binary)} bytes after"
+        if type(claimed) is not int or claimed != count * 4 or len(binary) != claimed:
+            raise InvalidInput(f"input '{input_name}': binary_data_size {claimed!r} and the {len(binary)} bytes after"
                                f" the header must both be {count * 4} (shape {shape}, FP32)")
         array = np.frombuffer(binary, dtype="<f4")
     else:
@@ -215,7 +216,7 @@ class OpenInference:
 
     async def infer(self, version: str, body: bytes, header_length: str | None) -> Response:
         header, binary = split_body(body, header_length)
-        images = read_images(header, binary, self.runtime.input_name)
+        images = read_images(header, binary, self.runtime.input_name, self.runtime.image_size)
         wanted = requested_outputs(header, self.output_names)
         names = [name for name, _ in wanted]
         if version == self.runtime.variant and set(names) <= BATCHED:

@@ -167,13 +167,13 @@ def test_an_upload_is_decoded_off_the_event_loop(client, monkeypatch):
 
     on_loop = []
 
-    def recording(data: bytes):
+    def recording(data: bytes, size: int):
         try:
             asyncio.get_running_loop()
             on_loop.append(True)
         except RuntimeError:  # no loop runs in this thread: a worker thread
             on_loop.append(False)
-        return preprocess(data)
+        return preprocess(data, size)
 
     if not IN_PROCESS:
         pytest.skip("needs the in-process app")

@@ -1,6 +1,6 @@
 """The house's rules, read from the code: imports flow one way (docs/ARCHITECTURE.md, "Packages").
 
-data (mnist) -> training -> export -> artifacts -> serving -> HTTP -> loadtest
+data (mnist) -> training -> export -> artifacts -> serving -> HTTP -> loadtest; experiments drive them all
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("mnist", "training", "export", "serving", "loadtest")
+PACKAGES = ("mnist", "training", "export", "serving", "loadtest", "experiments")
 # package -> top-level modules it must not import, anywhere in its files (inside functions too)
 FORBIDDEN = {
-    "mnist": {"torch", "training", "export", "serving", "loadtest"},
-    "training": {"export", "serving", "loadtest"},
-    "export": {"serving", "loadtest"},
-    "serving": {"torch", "torchvision", "training", "export", "loadtest", "mnist"},
-    "loadtest": {"torch", "torchvision", "training", "export"},
+    "mnist": {"torch", "training", "export", "serving", "loadtest", "experiments"},
+    "training": {"export", "serving", "loadtest", "experiments"},
+    "export": {"serving", "loadtest", "experiments"},
+    "serving": {"torch", "torchvision", "training", "export", "loadtest", "mnist", "experiments"},
+    "loadtest": {"torch", "torchvision", "training", "export", "experiments"},
+    "experiments": {"serving"},  # it reaches the service the way a user does: a process and HTTP
 }
 # torchvision is mnist's last-resort download, imported inside that one function only
 ALLOWED_IN_FUNCTION = {"mnist": {"torchvision"}}

@@ -17,6 +17,7 @@ from torch import nn
 
 @dataclass(frozen=True)
 class BaselineConfig:
+    image_size: int = 28  # 40 (affNIST-like) or 36 (MultiMNIST-like): the classifier's input grows with it
     channels: tuple[int, int, int] = (256, 256, 128)
     hidden: tuple[int, int] = (328, 192)
     num_classes: int = 10
@@ -27,8 +28,13 @@ class BaselineConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "BaselineConfig":
-        return cls(channels=tuple(d["channels"]), hidden=tuple(d["hidden"]),
+        return cls(image_size=d.get("image_size", 28), channels=tuple(d["channels"]), hidden=tuple(d["hidden"]),
                    num_classes=d["num_classes"], dropout=d["dropout"])
+
+    @property
+    def pooled(self) -> int:
+        """The side of the last feature map: two 2x2 poolings (7 at 28x28)."""
+        return self.image_size // 4
 
 
 class BaselineCNN(nn.Module):
@@ -38,12 +44,12 @@ class BaselineCNN(nn.Module):
         c1, c2, c3 = cfg.channels
         h1, h2 = cfg.hidden
         self.features = nn.Sequential(
-            nn.Conv2d(1, c1, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # (B, 256, 14, 14)
+            nn.Conv2d(1, c1, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # (B, 256, 14, 14) at 28x28
             nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # (B, 256, 7, 7)
             nn.Conv2d(c2, c3, 5, padding=2), nn.ReLU(inplace=True),  # (B, 128, 7, 7)
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(c3 * 7 * 7, h1), nn.ReLU(inplace=True),
+            nn.Flatten(), nn.Linear(c3 * cfg.pooled**2, h1), nn.ReLU(inplace=True),
             nn.Linear(h1, h2), nn.ReLU(inplace=True), nn.Dropout(cfg.dropout),
             nn.Linear(h2, cfg.num_classes),
         )

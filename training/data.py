@@ -8,12 +8,22 @@ import torch
 
 from mnist import DEFAULT_ROOT, read_split
 
+MNIST_SIZE = 28
+
 
 def load_split(split: str, root: Path | str = DEFAULT_ROOT, limit: int | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 1, 28, 28) float32 in [0, 1] and labels (N,) int64, fetched if needed."""
     images, labels = read_split(split, root, limit)
     return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels)
+
+
+def centre(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 1, 28, 28) -> (N, 1, size, size): each digit in the middle of a black canvas (itself at 28)."""
+    pad = size - images.shape[-1]
+    if pad < 0:
+        raise ValueError(f"a {size}x{size} canvas is smaller than the {images.shape[-1]}x{images.shape[-1]} digits")
+    return torch.nn.functional.pad(images, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2)) if pad else images
 
 
 def random_shift(images: torch.Tensor, max_shift: int = 2, generator: torch.Generator | None = None

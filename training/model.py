@@ -192,8 +192,10 @@ class CapsNet(nn.Module):
 
 def margin_loss(lengths: torch.Tensor, target: torch.Tensor, m_plus: float = 0.9, m_minus: float = 0.1,
                 down_weight: float = 0.5) -> torch.Tensor:
-    """sum_k T_k max(0, m+ - |v_k|)^2 + 0.5 (1 - T_k) max(0, |v_k| - m-)^2, averaged over the batch."""
-    t = F.one_hot(target, lengths.shape[1]).to(lengths.dtype)
+    """sum_k T_k max(0, m+ - |v_k|)^2 + 0.5 (1 - T_k) max(0, |v_k| - m-)^2, averaged over the batch.
+
+    target: the class of each image (B,), or T itself (B, 10), 1 for every class present (two on MultiMNIST)."""
+    t = (F.one_hot(target, lengths.shape[1]) if target.dim() == 1 else target).to(lengths.dtype)
     present = t * F.relu(m_plus - lengths) ** 2
     absent = down_weight * (1.0 - t) * F.relu(lengths - m_minus) ** 2
     return (present + absent).sum(1).mean()

@@ -23,9 +23,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from training.baseline import BaselineCNN, cross_entropy
+from training.baseline import BaselineCNN, BaselineConfig, cross_entropy
 from training.checkpoint import load_state, load_weights, save_state, save_weights
-from training.data import DEFAULT_ROOT, load_split, random_shift
+from training.data import DEFAULT_ROOT, MNIST_SIZE, centre, load_split, random_shift
 from training.model import CapsNet, CapsNetConfig, count_parameters, margin_loss, reconstruction_loss
 
 VAL_SPLIT_SEED = 12345  # the held-out validation images are the same for every training seed
@@ -60,10 +60,10 @@ def split_train_val(x: torch.Tensor, y: torch.Tensor, n_val: int):
     return (x[train], y[train]), (x[val], y[val])
 
 
-def build_model(arch: str, routing_iters: int) -> CapsNet | BaselineCNN:
+def build_model(arch: str, routing_iters: int, image_size: int = MNIST_SIZE) -> CapsNet | BaselineCNN:
     if arch == "cnn":
-        return BaselineCNN()
-    return CapsNet(replace(CapsNetConfig(), routing_iters=routing_iters))
+        return BaselineCNN(BaselineConfig(image_size=image_size))
+    return CapsNet(replace(CapsNetConfig(), routing_iters=routing_iters, image_size=image_size))
 
 
 def scores(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-decay", type=float, default=0.9, help="learning rate factor per epoch")
     p.add_argument("--routing-iters", type=int, default=3, help="routing iterations")
     p.add_argument("--shift", type=int, default=2, help="max random shift in pixels (training only)")
+    p.add_argument("--canvas", type=int, default=MNIST_SIZE,
+                   help="image size: every digit centred on a canvas this big (40 with --shift 6: the paper's affNIST"
+                        " setup, a digit anywhere on 40x40); the model is built for it")
     p.add_argument("--seed", type=int, default=0, help="seed for init, shuffling and shifts")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to train")
     p.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="tf32",
@@ -244,12 +247,13 @@ def main(argv: list[str] | None = None) -> dict:
     autocast = make_autocast(device, args.precision)
 
     (x, y), val = split_train_val(*load_split("train", args.data), args.val)
-    x, y = x[:args.limit].to(device), y[:args.limit].to(device)
-    x_test, y_test = (t.to(device) for t in load_split("test", args.data, 0 if args.no_test else args.test_limit))
+    x, y = centre(x[:args.limit], args.canvas).to(device), y[:args.limit].to(device)
+    x_test, y_test = load_split("test", args.data, 0 if args.no_test else args.test_limit)
+    x_test, y_test = centre(x_test, args.canvas).to(device), y_test.to(device)
     if val is not None:
-        val = tuple(t.to(device) for t in val)  # once, not every epoch
+        val = (centre(val[0], args.canvas).to(device), val[1].to(device))  # once, not every epoch
 
-    model = build_model(args.arch, args.routing_iters).to(device)
+    model = build_model(args.arch, args.routing_iters, args.canvas).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_decay)
     out: Path = args.out

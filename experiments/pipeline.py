@@ -1,0 +1,64 @@
+"""A trained CapsNet through the whole pipeline on its own image size: exported and verified against PyTorch
+(`python -m export`'s own function), served by `bentoml serve` from the ONNX file alone (the service reads
+the size from the graph), and asked about images of that size through /classify and the Open Inference
+Protocol. Used by the bigger-canvas experiments (experiments/affnist.py, experiments/multimnist.py)."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from export.onnx_export import export_and_verify
+from loadtest.server import running_service
+from training.checkpoint import load_weights
+
+VERIFY_DIGITS = 64  # test digits compared with PyTorch at each verified batch size
+ACCURACY_DIGITS = 500  # test digits (centred on the canvas) behind the file's test_accuracy_ort
+SERVED_IMAGES = 8  # images sent to the running service
+
+
+def post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return json.loads(answer.read())
+
+
+def export_serve_answer(checkpoint: Path, onnx_out: Path, images: torch.Tensor, data_root: Path) -> dict[str, Any]:
+    """Export checkpoint to onnx_out (verified), serve it, send it `images` (N, 1, S, S); the served lengths against
+    PyTorch's on the same images. Raises VerificationError when the export does not match PyTorch."""
+    report = export_and_verify(checkpoint, onnx_out, verify_digits=VERIFY_DIGITS, accuracy_digits=ACCURACY_DIGITS,
+                               data_root=data_root, variants=())
+    model, _ = load_weights(checkpoint)
+    images = images[:SERVED_IMAGES]
+    with torch.no_grad():
+        expected = model(images)[0].numpy()
+    size = images.shape[-1]
+    pixels = images.numpy()
+    env = {"CAPSNET_MODEL": str(onnx_out), "CAPSNET_DEVICE": "cpu", "CAPSNET_VARIANT": "fp32", "CAPSNET_WORKERS": "1"}
+    with running_service(env=env) as service:
+        metadata = post_json(service.url + "/metadata", {})
+        classify = post_json(service.url + "/classify", {"images": pixels[:, 0].tolist()})
+        v2 = post_json(service.url + "/v2/models/capsnet/infer", {
+            "inputs": [{"name": "image", "datatype": "FP32", "shape": list(pixels.shape), "data": pixels.ravel().tolist()}],
+            "outputs": [{"name": "lengths"}]})
+    v2_lengths = np.asarray(v2["outputs"][0]["data"], dtype=np.float32).reshape(len(pixels), -1)
+    classify_lengths = np.asarray(classify["lengths"], dtype=np.float32)
+    verified = report["onnxruntime"]
+    return {
+        "onnx": str(onnx_out),
+        "export": {"passed": True, "image_size": size, "verified_digits": report["digits"],
+                   "max_abs_diff_lengths": max(v["max_abs_diff_lengths"] for v in verified.values()),
+                   "max_abs_diff_reconstruction": max(v["max_abs_diff_reconstruction"] for v in verified.values()),
+                   "test_accuracy_ort_centred": report["test_accuracy_ort"], "test_digits": report["test_digits"]},
+        "served": {"image_size": metadata["image_size"], "variant": metadata["variant"],
+                   "images": len(pixels), "classify_labels": classify["labels"],
+                   "classify_lengths": classify_lengths.round(4).tolist(),
+                   "max_abs_diff_classify_lengths": float(np.abs(classify_lengths - expected).max()),
+                   "max_abs_diff_v2_lengths": float(np.abs(v2_lengths - expected).max()),
+                   "v2_shape": v2["outputs"][0]["shape"]},
+    }
