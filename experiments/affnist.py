@@ -10,7 +10,7 @@ once on the MNIST test digits placed at random on 40x40 (seeded) and on the affN
 ranges, seeded). Nothing is selected. The CapsNet then goes through the pipeline on 40x40
 (experiments/pipeline.py): exported and verified, served from the ONNX file, asked about affNIST-like digits.
 
---quick is a short CPU schedule that proves the path end to end: its numbers are not a result. The full
+--schedule quick is a short CPU schedule that proves the path end to end: its numbers are not a result. The full
 schedule is a step of the GPU session (scripts/gpu-run.sh). Both resume where they stopped.
 """
 
@@ -42,7 +42,7 @@ TEST_SEEDS = {"affnist_like": 0, "placed": 1}
 # Fixed before any score was seen; the full one runs on the GPU, the quick one proves the path on the CPU.
 SCHEDULES = {
     "full": {"epochs": 15, "limit": None, "lr_decay": 0.9, "test_digits": None, "device": "auto", "val": 1000},
-    "quick": {"epochs": 1, "limit": 1000, "lr_decay": 0.9, "test_digits": 500, "device": "cpu", "val": 200},
+    "quick": {"epochs": 2, "limit": 3000, "lr_decay": 0.9, "test_digits": 500, "device": "cpu", "val": 200},
     "smoke": {"epochs": 1, "limit": 128, "lr_decay": 0.9, "test_digits": 64, "device": "cpu", "val": 64},
 }
 
@@ -62,7 +62,7 @@ def test_sets(data: Path, limit: int | None) -> tuple[dict[str, torch.Tensor], t
     return {"placed": random_placement(x, CANVAS, TEST_SEEDS["placed"]), "affnist_like": turned}, y, params
 
 
-def plot(sets: dict[str, torch.Tensor], scores: dict[str, dict[str, float]], out: Path, quick: bool) -> None:
+def plot(sets: dict[str, torch.Tensor], scores: dict[str, dict[str, float]], out: Path, caveat: str) -> None:
     fig = plt.figure(figsize=(9, 3.2))
     for k in range(8):
         ax = fig.add_subplot(2, 12, k + 1 if k < 4 else k + 9)
@@ -78,8 +78,8 @@ def plot(sets: dict[str, torch.Tensor], scores: dict[str, dict[str, float]], out
     ax.set_xticks(np.arange(2) + 0.19, ["CapsNet", "CNN baseline"])
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 105)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(("QUICK CPU SCHEDULE, NOT A RESULT: " if quick else "") + "trained on MNIST on 40x40 only",
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
+    ax.set_title((f"{caveat.upper()} SCHEDULE, NOT A RESULT: " if caveat else "") + "trained on MNIST on 40x40 only",
                  fontsize=9)
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -92,9 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="full (the GPU step), quick (the CPU proof of the path), smoke (seconds: the dry run)")
     p.add_argument("--seed", type=int, default=0, help="training seed of both models")
     p.add_argument("--runs", type=Path, default=Path("runs/affnist"), help="one resumable folder per model")
-    p.add_argument("--out", type=Path, default=Path("docs/experiments"), help="where affnist[-quick].json/.png go")
+    p.add_argument("--out", type=Path, default=Path("docs/experiments"), help="where affnist[-SCHEDULE].json/.png go (full: affnist.json)")
     p.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="MNIST root folder")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (torch's own choice when not given)")
     p.add_argument("--no-serve", action="store_true", help="skip the export and serving check")
     return p
 
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                  sets["affnist_like"], args.data)
     name = "affnist" if args.schedule == "full" else f"affnist-{args.schedule}"
     args.out.mkdir(parents=True, exist_ok=True)
-    plot(sets, report["accuracy"], args.out / f"{name}.png", args.schedule != "full")
+    plot(sets, report["accuracy"], args.out / f"{name}.png", "" if args.schedule == "full" else args.schedule)
     write_json(args.out / f"{name}.json", report)
     print(json.dumps(report["accuracy"], indent=2))
     return report

@@ -20,6 +20,7 @@ from training.checkpoint import load_weights
 VERIFY_DIGITS = 64  # test digits compared with PyTorch at each verified batch size
 ACCURACY_DIGITS = 500  # test digits (centred on the canvas) behind the file's test_accuracy_ort
 SERVED_IMAGES = 8  # images sent to the running service
+BATCH_SECONDS = 0.1  # each batch size timed this long for the file's cpu_best_batch (the merge cap)
 
 
 def post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -32,7 +33,7 @@ def export_serve_answer(checkpoint: Path, onnx_out: Path, images: torch.Tensor, 
     """Export checkpoint to onnx_out (verified), serve it, send it `images` (N, 1, S, S); the served lengths against
     PyTorch's on the same images. Raises VerificationError when the export does not match PyTorch."""
     report = export_and_verify(checkpoint, onnx_out, verify_digits=VERIFY_DIGITS, accuracy_digits=ACCURACY_DIGITS,
-                               data_root=data_root, variants=())
+                               data_root=data_root, variants=(), batch_seconds=BATCH_SECONDS)
     model, _ = load_weights(checkpoint)
     images = images[:SERVED_IMAGES]
     with torch.no_grad():

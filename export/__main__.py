@@ -9,6 +9,7 @@ from pathlib import Path
 
 from export.onnx_export import DEFAULT_OPSET, VerificationError, export_and_verify, report_path
 from export.artifact import VARIANTS
+from export.batchsize import SECONDS_PER_BATCH
 from export.triton import write_repository
 from mnist import DEFAULT_ROOT
 
@@ -25,10 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="MNIST root folder")
     p.add_argument("--variants", nargs="*", choices=VARIANTS[1:], default=list(VARIANTS[1:]),
                    help="variants written beside --out as capsnet-<variant>.onnx (none: --variants with no value)")
+    p.add_argument("--batch-seconds", type=float, default=SECONDS_PER_BATCH,
+                   help="seconds each batch size is timed for the stored cpu_best_batch (the service's merge cap)")
     args = p.parse_args(argv)
     try:
         report = export_and_verify(args.checkpoint, args.out, args.opset, args.verify_digits,
-                                   args.accuracy_digits, args.data, tuple(args.variants))
+                                   args.accuracy_digits, args.data, tuple(args.variants), args.batch_seconds)
     except VerificationError as err:
         print(f"export FAILED verification: {err}", file=sys.stderr)
         return 1

@@ -35,7 +35,9 @@ def images_per_s(onnx_path: Path | str, images: np.ndarray, batches: tuple[int, 
     return rates
 
 
-def best_batch_metadata(onnx_path: Path | str, images: np.ndarray) -> dict[str, Any]:
-    """The metadata entries: cpu_best_batch, and cpu_images_per_s (batch -> images/s; stored as JSON)."""
-    rates = images_per_s(onnx_path, images)
+def best_batch_metadata(onnx_path: Path | str, images: np.ndarray, seconds: float = SECONDS_PER_BATCH
+                        ) -> dict[str, Any]:
+    """The metadata entries: cpu_best_batch, and cpu_images_per_s (batch -> images/s; stored as JSON), each batch
+    size timed for `seconds`."""
+    rates = images_per_s(onnx_path, images, seconds=seconds)
     return {"cpu_best_batch": str(max(rates, key=rates.get)), "cpu_images_per_s": {str(b): r for b, r in rates.items()}}

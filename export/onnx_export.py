@@ -27,7 +27,7 @@ from torch import nn
 
 from export.artifact import (DECODER, DECODER_INPUTS, DECODER_OUTPUT, INPUT, OUTPUTS, VARIANTS, cpu_session,
                              ort_accuracy, ort_outputs, set_metadata, variant_path)
-from export.batchsize import BATCHES, best_batch_metadata
+from export.batchsize import BATCHES, SECONDS_PER_BATCH, best_batch_metadata
 from export.variants import CALIBRATION_DIGITS, build_variants
 from training.checkpoint import load_weights, write_json
 from mnist import DEFAULT_ROOT, read_split
@@ -186,7 +186,7 @@ def verify_decoder(decoder_path: Path | str, model: CapsNet, images: np.ndarray)
 
 def export_and_verify(checkpoint: Path | str, out: Path | str, opset: int = DEFAULT_OPSET, verify_digits: int = 1000,
                       accuracy_digits: int | None = None, data_root: Path | str = DEFAULT_ROOT,
-                      variants: tuple[str, ...] = ()) -> dict[str, Any]:
+                      variants: tuple[str, ...] = (), batch_seconds: float = SECONDS_PER_BATCH) -> dict[str, Any]:
     """Export checkpoint to out, verify it, measure test accuracy through ORT, store metadata and report.
 
     variants ("int8", "fp16") are then written beside out and measured on the same test digits.
@@ -220,11 +220,11 @@ def export_and_verify(checkpoint: Path | str, out: Path | str, opset: int = DEFA
             "test_digits": str(len(images)),
             **({"test_set": f"MNIST test digits centred on {size}x{size}"} if size != MNIST_SIZE else {}),
             "variant": "fp32",
-            **best_batch_metadata(staged, images[:max(BATCHES)]),
+            **best_batch_metadata(staged, images[:max(BATCHES)], batch_seconds),
         }
         set_metadata(staged, metadata)
         calibration = on_canvas(read_split("train", data_root, CALIBRATION_DIGITS)[0][:, None], size) if variants else None
-        built = build_variants(staged, list(variants), calibration, images, labels, metadata)
+        built = build_variants(staged, list(variants), calibration, images, labels, metadata, batch_seconds)
         for name, variant in built.items():
             diffs = compare(expected, ort_outputs(cpu_session(variant_path(staged, name)), images[:verify_digits], 256))
             variant["against_torch"] = {**diffs, "routing_map_tolerance": VARIANT_ROUTING_TOLERANCE[name]}

@@ -26,7 +26,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from export.artifact import INPUT, cpu_session, ort_accuracy, set_metadata, variant_path
-from export.batchsize import BATCHES, best_batch_metadata
+from export.batchsize import BATCHES, SECONDS_PER_BATCH, best_batch_metadata
 
 ACCURACY_BAR_POINTS = {"int8": 0.1, "fp16": 0.05}  # largest accepted test-accuracy loss against fp32
 CALIBRATION_DIGITS = 1000
@@ -69,7 +69,8 @@ def make_fp16(fp32_path: Path | str, out: Path | str) -> Path:
 
 
 def build_variants(fp32_path: Path | str, variants: list[str], calibration: np.ndarray, images: np.ndarray,
-                   labels: np.ndarray, fp32_metadata: dict[str, Any]) -> dict[str, dict[str, Any]]:
+                   labels: np.ndarray, fp32_metadata: dict[str, Any], batch_seconds: float = SECONDS_PER_BATCH
+                   ) -> dict[str, dict[str, Any]]:
     """Write each variant beside fp32_path, measure it on (images, labels), store metadata; return reports."""
     fp32_accuracy = float(fp32_metadata["test_accuracy_ort"])
     reports = {}
@@ -84,7 +85,7 @@ def build_variants(fp32_path: Path | str, variants: list[str], calibration: np.n
             raise ValueError(f"unknown variant {name!r}: expected one of {', '.join(ACCURACY_BAR_POINTS)}")
         session = cpu_session(out)
         accuracy = ort_accuracy(session, images, labels)
-        speed = best_batch_metadata(out, images[:max(BATCHES)])
+        speed = best_batch_metadata(out, images[:max(BATCHES)], batch_seconds)
         loss = round(100 * (fp32_accuracy - accuracy), 4)
         report = {"onnx": str(out), "test_accuracy_ort": accuracy, "test_digits": len(images),
                   "accuracy_loss_points": loss, "accuracy_bar_points": ACCURACY_BAR_POINTS[name],

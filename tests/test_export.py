@@ -19,7 +19,7 @@ def exported(tiny_run, tmp_path_factory, mnist_root):
     """The tiny checkpoint through the real CLI (verification included)."""
     out = tmp_path_factory.mktemp("export") / "capsnet.onnx"
     run = subprocess.run([sys.executable, "-m", "export", "--checkpoint", str(tiny_run / "checkpoint.safetensors"),
-                          "--out", str(out), "--accuracy-digits", "500", "--verify-digits", "500",
+                          "--out", str(out), "--accuracy-digits", "500", "--verify-digits", "500", "--batch-seconds", "0.05",
                           "--data", str(mnist_root)],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -77,7 +77,8 @@ def test_variants_are_written_beside_and_named_by_the_fp32_graph(exported, mnist
 
 
 def run_export(*args):
-    return subprocess.run([sys.executable, "-m", "export", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "export", "--batch-seconds", "0.05", *map(str, args)], capture_output=True,
+                          text=True)
 
 
 def test_export_removes_variants_it_did_not_make(tiny_run, tmp_path, mnist_root):
