@@ -125,9 +125,12 @@ def plot(rows: list[dict], out: Path) -> None:
     for arch, marker in zip(ARCHS, "os"):
         xs = [row["train_digits"] for row in rows for _ in row[f"{arch}_test_acc"]]
         ys = [100 * a for row in rows for a in row[f"{arch}_test_acc"]]
-        ax.scatter(xs, ys, marker=marker, label=arch if arch == "capsnet" else "CNN baseline")
+        ax.scatter(xs, ys, marker=marker, label="CapsNet" if arch == "capsnet" else "CNN baseline")
         ax.plot([row["train_digits"] for row in rows], [100 * row[f"{arch}_mean"] for row in rows], alpha=0.5)
     ax.set_xscale("log")
+    sizes = [row["train_digits"] for row in rows]
+    ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+    ax.minorticks_off()
     ax.set_xlabel("training digits (log scale)")
     ax.set_ylabel("test accuracy, % (10,000 digits)")
     ax.set_title("Fewer training digits: CapsNet against the CNN baseline", fontsize=9)
