@@ -32,8 +32,8 @@ import torch  # noqa: E402
 from training import train  # noqa: E402
 from training.canvas import AFFNIST, affnist_like, random_placement  # noqa: E402
 from training.checkpoint import load_weights, write_json  # noqa: E402
-from training.data import DEFAULT_ROOT, load_split  # noqa: E402
-from experiments.pipeline import export_serve_answer  # noqa: E402
+from training.data import load_split  # noqa: E402
+from experiments.pipeline import experiment_parser, export_serve_answer, figure_title  # noqa: E402
 
 ARCHS = ("capsnet", "cnn")
 CANVAS = AFFNIST["canvas"]
@@ -62,7 +62,7 @@ def test_sets(data: Path, limit: int | None) -> tuple[dict[str, torch.Tensor], t
     return {"placed": random_placement(x, CANVAS, TEST_SEEDS["placed"]), "affnist_like": turned}, y, params
 
 
-def plot(sets: dict[str, torch.Tensor], scores: dict[str, dict[str, float]], out: Path, caveat: str) -> None:
+def plot(sets: dict[str, torch.Tensor], scores: dict[str, dict[str, float]], out: Path, schedule: str) -> None:
     fig = plt.figure(figsize=(9, 3.2))
     for k in range(8):
         ax = fig.add_subplot(2, 12, k + 1 if k < 4 else k + 9)
@@ -79,24 +79,13 @@ def plot(sets: dict[str, torch.Tensor], scores: dict[str, dict[str, float]], out
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 105)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
-    ax.set_title((f"{caveat.upper()} SCHEDULE, NOT A RESULT: " if caveat else "") + "trained on MNIST on 40x40 only",
-                 fontsize=9)
+    ax.set_title(figure_title(schedule, "trained on MNIST on 40x40 only"), fontsize=9)
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.affnist", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--schedule", choices=list(SCHEDULES), default="full",
-                   help="full (the GPU step), quick (the CPU proof of the path), smoke (seconds: the dry run)")
-    p.add_argument("--seed", type=int, default=0, help="training seed of both models")
-    p.add_argument("--runs", type=Path, default=Path("runs/affnist"), help="one resumable folder per model")
-    p.add_argument("--out", type=Path, default=Path("docs/experiments"), help="where affnist[-SCHEDULE].json/.png go (full: affnist.json)")
-    p.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="MNIST root folder")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (torch's own choice when not given)")
-    p.add_argument("--no-serve", action="store_true", help="skip the export and serving check")
-    return p
+    return experiment_parser("affnist", __doc__.splitlines()[0], list(SCHEDULES))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -127,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                  sets["affnist_like"], args.data)
     name = "affnist" if args.schedule == "full" else f"affnist-{args.schedule}"
     args.out.mkdir(parents=True, exist_ok=True)
-    plot(sets, report["accuracy"], args.out / f"{name}.png", "" if args.schedule == "full" else args.schedule)
+    plot(sets, report["accuracy"], args.out / f"{name}.png", args.schedule)
     write_json(args.out / f"{name}.json", report)
     print(json.dumps(report["accuracy"], indent=2))
     return report

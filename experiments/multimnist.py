@@ -40,9 +40,9 @@ from tqdm import tqdm  # noqa: E402
 from training.baseline import BaselineCNN, BaselineConfig  # noqa: E402
 from training.canvas import MULTI, multimnist_like  # noqa: E402
 from training.checkpoint import load_state, load_weights, save_state, save_weights, write_json  # noqa: E402
-from training.data import DEFAULT_ROOT, load_split  # noqa: E402
+from training.data import load_split  # noqa: E402
 from training.model import CapsNet, CapsNetConfig, margin_loss, reconstruction_loss  # noqa: E402
-from experiments.pipeline import export_serve_answer  # noqa: E402
+from experiments.pipeline import experiment_parser, export_serve_answer, figure_title  # noqa: E402
 from training.train import STATE, WEIGHTS, pick_device  # noqa: E402
 
 ARCHS = ("capsnet", "cnn")
@@ -131,7 +131,7 @@ def train_one(arch: str, schedule: dict, folder: Path, x: torch.Tensor, y: torch
 
 
 @torch.no_grad()
-def plot(model: CapsNet, images: torch.Tensor, labels: torch.Tensor, out: Path, caveat: str, count: int = 8) -> None:
+def plot(model: CapsNet, images: torch.Tensor, labels: torch.Tensor, out: Path, schedule: str, count: int = 8) -> None:
     """Test pairs (top) and CapsNet's two reconstructions from its two longest capsules, red and green (bottom)."""
     model.eval()
     lengths, poses, _ = model(images[:count])
@@ -147,24 +147,14 @@ def plot(model: CapsNet, images: torch.Tensor, labels: torch.Tensor, out: Path, 
         axes[1, i].set_title(f"R:{named[i, 0].item()} G:{named[i, 1].item()}", fontsize=8)
         for row in range(2):
             axes[row, i].axis("off")
-    fig.suptitle((f"{caveat.upper()} SCHEDULE, NOT A RESULT: " if caveat else "")
-                 + "MultiMNIST-like test pairs (true classes) and CapsNet's two reconstructions", fontsize=9)
+    fig.suptitle(figure_title(schedule, "MultiMNIST-like test pairs (true classes) and CapsNet's two reconstructions"),
+                 fontsize=9)
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.multimnist", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--schedule", choices=list(SCHEDULES), default="full",
-                   help="full (the GPU step), quick (the CPU proof of the path), smoke (seconds: the dry run)")
-    p.add_argument("--seed", type=int, default=0, help="training seed of both models")
-    p.add_argument("--runs", type=Path, default=Path("runs/multimnist"), help="one resumable folder per model")
-    p.add_argument("--out", type=Path, default=Path("docs/experiments"), help="where multimnist[-SCHEDULE].json/.png go (full: multimnist.json)")
-    p.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="MNIST root folder")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (torch's own choice when not given)")
-    p.add_argument("--no-serve", action="store_true", help="skip the export and serving check")
-    return p
+    return experiment_parser("multimnist", __doc__.splitlines()[0], list(SCHEDULES))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -196,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     name = "multimnist" if args.schedule == "full" else f"multimnist-{args.schedule}"
     args.out.mkdir(parents=True, exist_ok=True)
     capsnet, _ = load_weights(runs / "capsnet" / WEIGHTS)
-    plot(capsnet, test_images, test_labels, args.out / f"{name}.png", "" if args.schedule == "full" else args.schedule)
+    plot(capsnet, test_images, test_labels, args.out / f"{name}.png", args.schedule)
     if not args.no_serve:
         report["pipeline"] = export_serve_answer(runs / "capsnet" / WEIGHTS, runs / "capsnet.onnx", test_images,
                                                  args.data)

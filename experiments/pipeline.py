@@ -5,6 +5,7 @@ Protocol. Used by the bigger-canvas experiments (experiments/affnist.py, experim
 
 from __future__ import annotations
 
+import argparse
 import json
 import urllib.request
 from pathlib import Path
@@ -16,11 +17,33 @@ import torch
 from export.onnx_export import export_and_verify
 from loadtest.server import running_service
 from training.checkpoint import load_weights
+from training.data import DEFAULT_ROOT
 
 VERIFY_DIGITS = 64  # test digits compared with PyTorch at each verified batch size
 ACCURACY_DIGITS = 500  # test digits (centred on the canvas) behind the file's test_accuracy_ort
 SERVED_IMAGES = 8  # images sent to the running service
 BATCH_SECONDS = 0.1  # each batch size timed this long for the file's cpu_best_batch (the merge cap)
+
+
+def experiment_parser(name: str, description: str, schedules: list[str]) -> argparse.ArgumentParser:
+    """The options every experiment takes (python -m experiments.NAME)."""
+    p = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--schedule", choices=schedules, default="full",
+                   help="full (the GPU step), quick (the CPU proof of the path), smoke (seconds: the dry run)")
+    p.add_argument("--seed", type=int, default=0, help="training seed of both models")
+    p.add_argument("--runs", type=Path, default=Path(f"runs/{name}"), help="one resumable folder per model")
+    p.add_argument("--out", type=Path, default=Path("docs/experiments"),
+                   help=f"where {name}[-SCHEDULE].json/.png go (full: {name}.json)")
+    p.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="MNIST root folder")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (torch's own choice when not given)")
+    p.add_argument("--no-serve", action="store_true", help="skip the export and serving check")
+    return p
+
+
+def figure_title(schedule: str, title: str) -> str:
+    """A figure's title; a schedule other than the full one says in capitals that it is not a result."""
+    return title if schedule == "full" else f"{schedule.upper()} SCHEDULE, NOT A RESULT: {title}"
 
 
 def post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -124,7 +124,9 @@ def test_the_readme_curl_lines_answer_what_the_readme_says(service_url):
         got, want = json.loads(run.stdout), json.loads(answer)
         assert got.keys() == want.keys()
         assert got.get("labels", got.get("label")) == want.get("labels", want.get("label"))
-        assert np.allclose(got["lengths"], want["lengths"], rtol=1e-6, atol=0), (got, want)
+        # int8's kernels differ between CPUs (with or without VNNI): the README's answers and an AMD EPYC's
+        # differ by up to 6.2e-3 in a length, so the page is held to 0.01 (fp32 against int8: 9.4e-3)
+        assert np.allclose(got["lengths"], want["lengths"], rtol=0, atol=0.01), (got, want)
 
 
 def test_the_example_inputs_are_what_scripts_examples_writes(mnist_root, tmp_path):

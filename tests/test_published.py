@@ -15,6 +15,7 @@ from training.checkpoint import sha256_file
 
 REPORT = json.loads(report_path(PUBLISHED_ONNX).read_text())
 CARD = json.loads(PUBLISHED.with_suffix(".json").read_text())
+INT8_ACROSS_CPUS = 0.0005  # int8's accuracy from one x86-64 CPU to another (0.0004 measured, see below)
 
 
 def test_published_model_card_matches_the_weights():
@@ -34,7 +35,7 @@ def stated_accuracy(variant: str) -> float:
 
 
 def test_the_served_onnx_file_has_the_accuracy_it_states(mnist_root):
-    """int8, the variant served on the CPU, measured here on all 10,000 test digits: the report's figure to the digit,
+    """int8, the variant served on the CPU, measured here on all 10,000 test digits: the report's figure within what CPUs differ by,
     which the card's row for the file states beside its sha256, within its bar of fp32. (fp32 and fp16, 19 and 21 s
     of the suite on 2 cores, are held to the export's measurement by their sha256 below, and fp32 to PyTorch.)"""
     images, labels = read_split("test", mnist_root)
@@ -42,9 +43,10 @@ def test_the_served_onnx_file_has_the_accuracy_it_states(mnist_root):
     assert runtime.variant == "int8"
     predicted = np.concatenate([runtime.predict(images[i:i + 500, None]).labels for i in range(0, 10_000, 500)])
     accuracy = float(np.mean(predicted == labels))
-    assert accuracy == stated_accuracy("int8")
+    # int8's kernels differ between CPUs: 99.68% on the CPU that exported it, 99.64% on an AMD EPYC with AVX2 only
+    assert abs(accuracy - stated_accuracy("int8")) <= INT8_ACROSS_CPUS
     assert REPORT["test_accuracy_ort"] - accuracy <= REPORT["variants"]["int8"]["accuracy_bar_points"] / 100
-    assert_card_row("int8", accuracy)
+    assert_card_row("int8", stated_accuracy("int8"))
 
 
 def assert_card_row(variant: str, accuracy: float) -> None:
