@@ -43,7 +43,7 @@ TEST_SEEDS = {"affnist_like": 0, "placed": 1}
 SCHEDULES = {
     "full": {"epochs": 15, "limit": None, "lr_decay": 0.9, "test_digits": None, "device": "auto", "val": 1000},
     "quick": {"epochs": 2, "limit": 3000, "lr_decay": 0.9, "test_digits": 500, "device": "cpu", "val": 200},
-    "smoke": {"epochs": 1, "limit": 128, "lr_decay": 0.9, "test_digits": 64, "device": "cpu", "val": 64},
+    "smoke": {"epochs": 1, "limit": 32, "lr_decay": 0.9, "test_digits": 32, "device": "cpu", "val": 32},
 }
 
 

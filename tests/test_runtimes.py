@@ -22,6 +22,7 @@ DIGITS = 1000
 # how far each variant may be from ONNX Runtime's run of the same file, and the least argmax agreement
 # (docs/runtimes.json, all 10,000 digits: fp32 6.6e-7 and 100%, fp16 2.8e-4 and 100%, int8 0.43 and 99.5%)
 OPENVINO_BOUNDS = {"fp32": (TOLERANCE["lengths"], 1.0), "fp16": (1e-3, 0.999), "int8": (0.5, 0.99)}
+INT8_WITHOUT_VNNI = 0.02  # a length, ONNX Runtime against the graph on an AVX2-only CPU (0.0176 measured)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,8 @@ def test_where_openvino_and_onnx_runtime_differ_on_int8_onnx_runtime_computes_wh
     """The int8 graph's meaning, by onnx.reference.ReferenceEvaluator (the spec's own evaluator), on the
     three digits of the first 200 where OpenVINO is furthest from ONNX Runtime: ONNX Runtime computes what
     the graph says, so the difference is OpenVINO's handling of the QDQ convolutions, not the export.
-    The evaluator has no DequantizeLinear for opset 18, so the graph is read as opset 21, where
+    On a CPU without VNNI ONNX Runtime's int8 convolutions saturate and differ from the graph by up to 0.018
+    (an AMD EPYC with AVX2 only; docs/export.md). The evaluator has no DequantizeLinear for opset 18, so the graph is read as opset 21, where
     DequantizeLinear, QuantizeLinear and every other op in it mean the same for these inputs."""
     import onnx
     from onnx.reference import ReferenceEvaluator
@@ -96,4 +98,11 @@ def test_where_openvino_and_onnx_runtime_differ_on_int8_onnx_runtime_computes_wh
             opset.version = 21
     reference = ReferenceEvaluator(graph)
     meant = np.concatenate([reference.run(["lengths"], {"image": images[i:i + 1]})[0] for i in worst])
-    assert np.abs(ours[worst] - meant).max() <= TOLERANCE["lengths"]
+    assert np.abs(ours[worst] - meant).max() <= (TOLERANCE["lengths"] if has_vnni() else INT8_WITHOUT_VNNI)
+
+
+def has_vnni() -> bool:
+    """Whether this x86-64 CPU multiplies u8 by s8 in 32 bits (VNNI, AMX); without it ONNX Runtime's AVX2 kernels
+    add pairs of products in 16 bits, which saturate."""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return any(flag in flags.split() for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
