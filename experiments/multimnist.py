@@ -52,7 +52,7 @@ TEST_SEED = 12345  # the test pairs; training pairs are seeded by (seed, epoch)
 SCHEDULES = {
     "full": {"epochs": 10, "pairs_per_epoch": 60_000, "test_pairs": 10_000, "lr_decay": 0.9, "device": "auto"},
     "quick": {"epochs": 2, "pairs_per_epoch": 3_000, "test_pairs": 500, "lr_decay": 0.9, "device": "cpu"},
-    "smoke": {"epochs": 1, "pairs_per_epoch": 128, "test_pairs": 64, "lr_decay": 0.9, "device": "cpu"},
+    "smoke": {"epochs": 1, "pairs_per_epoch": 32, "test_pairs": 32, "lr_decay": 0.9, "device": "cpu"},
 }
 BATCH_SIZE, LR = 128, 1e-3
 

@@ -10,7 +10,8 @@ from training.checkpoint import load_weights, sidecar
 from training.data import load_split
 from training.train import accuracy, main
 
-TINY = ["--limit", "128", "--test-limit", "100", "--quiet", "--batch-size", "32"]
+TEST_LIMIT = 50
+TINY = ["--limit", "64", "--test-limit", str(TEST_LIMIT), "--quiet", "--batch-size", "32"]  # two batches an epoch
 
 
 def test_tiny_run_writes_checkpoint_metrics_and_sidecar(tiny_run, mnist_root):
@@ -95,7 +96,7 @@ def test_the_cnn_baseline_trains_and_loads(tmp_path, mnist_root):
     assert record["epoch"] == 1 and record["train_loss"] > 0
     model, info = load_weights(tmp_path / "cnn" / "checkpoint.safetensors")
     assert isinstance(model, BaselineCNN) and info["arch"] == "cnn"
-    x, y = load_split("test", mnist_root, 100)
+    x, y = load_split("test", mnist_root, TEST_LIMIT)
     assert record["test_acc"] == pytest.approx(accuracy(model, x, y), abs=1e-4)
 
 
