@@ -41,8 +41,10 @@ class DigitReader(CalibrationDataReader):
         return None if batch is None else {INPUT: batch}
 
 
-def make_int8(fp32_path: Path | str, out: Path | str, calibration: np.ndarray) -> Path:
-    """Write the int8 QDQ model of fp32_path to out, calibrated on calibration (N, 1, 28, 28) float32."""
+def make_int8(fp32_path: Path | str, out: Path | str, calibration: np.ndarray, reduce_range: bool = False) -> Path:
+    """Write the int8 QDQ model of fp32_path to out, calibrated on calibration (N, 1, 28, 28) float32.
+    reduce_range: 7-bit weights, which ONNX Runtime's AVX2 kernels (CPUs without VNNI) compute without
+    saturating (scripts/int8_range.py measures both); the published file was made without it."""
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     with tempfile.TemporaryDirectory() as folder:
@@ -52,7 +54,7 @@ def make_int8(fp32_path: Path | str, out: Path | str, calibration: np.ndarray) -
             quantize_static(
                 str(prepared), str(tmp), DigitReader(calibration), quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=["Conv"], per_channel=True, activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.Percentile,
+                weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.Percentile, reduce_range=reduce_range,
             )
     tmp.replace(out)
     return out

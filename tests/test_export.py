@@ -10,6 +10,7 @@ import torch
 
 from export.artifact import OUTPUTS, variant_path
 from export.onnx_export import VerificationError, export_onnx, report_path, verify
+from tests.conftest import ROOT
 from training.checkpoint import load_weights
 from training.data import load_split
 
@@ -233,3 +234,19 @@ def test_zero_capsules_give_zero_not_nan_after_export(tiny_run, tmp_path, mnist_
     for g, w in zip(got, want):
         assert np.isfinite(g).all()
         assert np.abs(g - w.numpy()).max() < 1e-4
+
+
+def test_a_reduced_range_int8_file_is_computed_as_its_graph_says_on_any_cpu(exported, mnist_root):
+    """scripts/int8_range.py on the tiny model: both int8 files are made and measured; the reduced-range one is
+    computed by ONNX Runtime as onnx.reference reads its graph, with or without VNNI (the full-range one
+    differs by up to 0.018 without VNNI, tests/test_runtimes.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("int8_range", ROOT / "scripts" / "int8_range.py")
+    int8_range = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(int8_range)
+    rows = int8_range.main(["--model", str(exported), "--digits", "50", "--reference-digits", "2",
+                            "--calibration-digits", "100", "--data", str(mnist_root)])
+    assert [row["reduce_range"] for row in rows] == [False, True]
+    assert rows[1]["max_abs_diff_against_graph"] <= int8_range.ROUNDING
+    assert all(0.0 <= row["accuracy"] <= 1.0 for row in rows)
