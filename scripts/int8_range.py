@@ -22,35 +22,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from export.artifact import cpu_session, ort_accuracy, ort_outputs, reference_lengths  # noqa: E402
 from export.variants import CALIBRATION_DIGITS, make_int8  # noqa: E402
 from mnist import DEFAULT_ROOT, read_split  # noqa: E402
-from serving.runtime import create_session  # noqa: E402
 
 # ONNX Runtime against the graph without saturation: an activation on a rounding boundary may move by one step
 # (2.9e-5 on a barely trained model, 6e-8 on the published one); saturation costs 3.6e-3 and 0.018 there
 ROUNDING = 1e-4
-
-
-def onnxruntime_lengths(path: Path, images: np.ndarray, batch: int = 500) -> np.ndarray:
-    session = create_session(path, "cpu")
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(["lengths"], {name: images[i:i + batch]})[0]
-                           for i in range(0, len(images), batch)])
-
-
-def graph_lengths(path: Path, images: np.ndarray) -> np.ndarray:
-    """The graph's meaning, one digit at a time. The evaluator has no DequantizeLinear for opset 18, so the
-    graph is read as opset 21, where every op in it means the same for these inputs."""
-    import onnx
-    from onnx.reference import ReferenceEvaluator
-
-    graph = onnx.load(str(path))
-    for opset in graph.opset_import:
-        if opset.domain in ("", "ai.onnx"):
-            opset.version = 21
-    evaluator = ReferenceEvaluator(graph)
-    name = graph.graph.input[0].name
-    return np.concatenate([evaluator.run(["lengths"], {name: images[i:i + 1]})[0] for i in range(len(images))])
 
 
 def measure(model: Path, data: Path, digits: int, reference_digits: int,
@@ -62,10 +40,10 @@ def measure(model: Path, data: Path, digits: int, reference_digits: int,
     with tempfile.TemporaryDirectory() as folder:
         for reduce_range in (False, True):
             path = make_int8(model, Path(folder) / f"int8-{reduce_range}.onnx", calibration, reduce_range)
-            lengths = onnxruntime_lengths(path, images)
-            meant = graph_lengths(path, images[:reference_digits])
-            rows.append({"reduce_range": reduce_range, "accuracy": float(np.mean(lengths.argmax(1) == labels)),
-                         "max_abs_diff_against_graph": float(np.abs(lengths[:reference_digits] - meant).max())})
+            session, few = cpu_session(path), images[:reference_digits]
+            ours = ort_outputs(session, few, len(few))["lengths"]
+            rows.append({"reduce_range": reduce_range, "accuracy": ort_accuracy(session, images, labels),
+                         "max_abs_diff_against_graph": float(np.abs(ours - reference_lengths(path, few)).max())})
     return rows
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.artifact import VARIANTS, variant_path
+from export.artifact import VARIANTS, reference_lengths, variant_path
 from export.onnx_export import TOLERANCE
 from mnist import read_split
 from scripts.runtimes import MODEL, NODE_SCRIPT, OPENVINO_CONFIG, in_chunks, onnxruntime_lengths, openvino_lengths
@@ -82,22 +82,13 @@ def test_where_openvino_and_onnx_runtime_differ_on_int8_onnx_runtime_computes_wh
     three digits of the first 200 where OpenVINO is furthest from ONNX Runtime: ONNX Runtime computes what
     the graph says, so the difference is OpenVINO's handling of the QDQ convolutions, not the export.
     On a CPU without VNNI ONNX Runtime's int8 convolutions saturate and differ from the graph by up to 0.018
-    (an AMD EPYC with AVX2 only; docs/export.md). The evaluator has no DequantizeLinear for opset 18, so the graph is read as opset 21, where
-    DequantizeLinear, QuantizeLinear and every other op in it mean the same for these inputs."""
-    import onnx
-    from onnx.reference import ReferenceEvaluator
-
+    (an AMD EPYC with AVX2 only; docs/export.md)."""
     images = digits[0][:200]
     path = variant_path(MODEL, "int8")
     ours = onnxruntime_lengths(path)(images)
     theirs = openvino_lengths(path, OPENVINO_CONFIG)(images)
     worst = np.argsort(-np.abs(ours - theirs).max(1))[:3]
-    graph = onnx.load(path)
-    for opset in graph.opset_import:
-        if opset.domain in ("", "ai.onnx"):
-            opset.version = 21
-    reference = ReferenceEvaluator(graph)
-    meant = np.concatenate([reference.run(["lengths"], {"image": images[i:i + 1]})[0] for i in worst])
+    meant = reference_lengths(path, images[worst])
     assert np.abs(ours[worst] - meant).max() <= (TOLERANCE["lengths"] if has_vnni() else INT8_WITHOUT_VNNI)
 
 
