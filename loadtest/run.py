@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtest.server import children_cpu_seconds, running_service
-from serving.inputs import MAX_BATCH
+from serving.limits import MAX_BATCH
 from serving.runtime import CapsNetRuntime
 from serving.settings import VARIANTS
 from mnist import DEFAULT_ROOT, read_split

@@ -25,18 +25,13 @@ from concurrent.futures import Future
 import anyio
 import numpy as np
 
-from serving.inputs import MAX_BATCH
+from serving import framework
+from serving.errors import Overloaded
+from serving.limits import MAX_BATCH, MAX_WAITING
 from serving.runtime import CapsNetRuntime, Prediction
 from serving.settings import BATCHERS as BATCHER_NAMES
 
-MAX_CONCURRENCY = 128  # requests inside the service at once (BentoML's traffic.max_concurrency; 429 past it)
-MAX_WAITING = MAX_CONCURRENCY  # requests queued before new ones are refused (503, in-process callers only)
 KEPT_SIZES = 1000  # recent batch sizes kept for tests and metrics
-
-
-class Overloaded(RuntimeError):
-    """Too many requests are waiting (HTTP 503)."""
-
 
 class MicroBatcher:
     def __init__(self, runtime: CapsNetRuntime, max_batch: int = MAX_BATCH, max_waiting: int = MAX_WAITING):
@@ -114,12 +109,11 @@ class CorkBatcher:
     It waits on a 1 ms timer while it decides whether to run now or let the batch grow. (A batchable API
     itself would also parse every body with BentoML's JSON path, take no raw float32, and answer a bare
     array instead of /classify's labels and lengths, so the service uses the dispatcher, not the decorator.)
-    The dispatcher is BentoML's internal class (`bentoml._internal`), which the pinned bentoml==1.4.40 holds.
+    The dispatcher is BentoML's internal class (serving/framework.py, `cork_dispatcher`).
     """
 
     def __init__(self, runtime: CapsNetRuntime, max_batch: int = MAX_BATCH, max_latency_ms: int = 60_000):
-        from bentoml._internal.marshal.dispatcher import CorkDispatcher
-
+        CorkDispatcher = framework.cork_dispatcher()
         self.runtime = runtime
         self.max_batch = max_batch
         self.batch_sizes: list[int] = []  # recent batch sizes, as MicroBatcher's

@@ -1,11 +1,12 @@
-"""The OpenAPI document at /docs.json, made valid OpenAPI 3 and exact about what the service takes and
-answers (an ASGI middleware that rewrites it as it leaves).
+"""The documents BentoML writes about the service, made true of it: /docs.json (OpenAPI 3) and /schema.json
+(what BentoML's clients read to know the routes). serving/app.py's table rewrites both as they leave.
 
-It also adds the Open Inference Protocol's routes (serving/v2.py), which BentoML does not know of.
-What BentoML 1.4 writes needs four fixes: its own types `"type": "file"` (the upload) and
-`"type": "tensor"` (the images; BentoML's clients read these from /schema.json, which stays as it is)
-are not OpenAPI types; the images' shape, range and count are not said; none of our error answers is
-documented; and it cannot know the raw float32 form of /classify (serving/routes.py).
+BentoML only knows its `@bentoml.api` methods (/reconstruct, /explain, /metadata). `fix` adds the routes the
+project answers itself (/classify, /classify_image, the Open Inference Protocol's), and makes the document valid
+and exact: BentoML 1.4's own types `"type": "tensor"` (the images) are not OpenAPI types; the images' shape,
+range and count are not said; none of our error answers is documented. `fix_schema` adds /classify and
+/classify_image to /schema.json as BentoML states an API that takes `images` (a tensor) or `image` (a file),
+so that `bentoml.SyncHTTPClient(url).classify(images=...)` and `.classify_image(image=Path(...))` work.
 """
 
 from __future__ import annotations
@@ -13,11 +14,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from serving.limits import Receive, Scope, Send
-from serving.inputs import IMAGE_SIZE, MAX_BATCH, MAX_EXPLAIN
+from serving.limits import IMAGE_SIZE, MAX_BATCH, MAX_EXPLAIN
 from serving.settings import VARIANTS
 
-ROUTE = "/docs.json"
 MNIST_GRID = 6  # the primary-capsule grid at 28x28
 PIXEL = {"type": "number", "minimum": 0, "maximum": 1}
 UPLOAD = {"type": "string", "format": "binary",
@@ -34,6 +33,25 @@ ERRORS = {"400": "malformed input; the error says what is wrong",
           "413": "over a limit: more than 256 images (16 for /explain), a body over 16 MiB, an upload over 10 MiB or 16,777,216 pixels",
           "429": "more than 128 requests in the service at once",
           "503": "the batcher's queue is full"}
+
+
+# The two APIs the project answers itself (serving/routes.py), as BentoML would state them
+OUR_APIS = {"classify": '{"images": N x S x S numbers in [0, 1]} (or the same as raw float32, Content-Type:'
+                        ' application/octet-stream) -> {"labels": [N], "lengths": [N x 10]}',
+            "classify_image": 'multipart field `image` (PNG, JPEG, BMP, GIF, WebP) -> {"label": int, "lengths": [10]}'}
+CLIENT_INPUTS = {"classify": ("images", {"dtype": "float32", "format": "json", "title": "Images", "type": "tensor"}),
+                 "classify_image": ("image", {"format": "binary", "title": "Image", "type": "file"})}
+
+
+def fix_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """BentoML's /schema.json with /classify and /classify_image, as BentoML states an API for its clients."""
+    for name, (field, spec) in CLIENT_INPUTS.items():
+        schema["routes"].append({"name": name, "route": "/" + name, "batchable": False, "doc": OUR_APIS[name],
+                                 "input": {"properties": {field: spec}, "required": [field], "title": "Input",
+                                           "type": "object"},
+                                 "output": {"additionalProperties": True, "type": "object"}, "is_task": False})
+        schema.setdefault("paths", {})["/" + name] = {"mounted": False}
+    return schema
 
 
 def json_content(schema: dict[str, Any]) -> dict[str, Any]:
@@ -151,6 +169,9 @@ def fix(document: dict[str, Any], size: int = IMAGE_SIZE, grid: int = MNIST_GRID
     image size and primary-capsule grid."""
     paths = document["paths"]
     shapes = image_schemas(size, grid)
+    for name, doc in OUR_APIS.items():
+        paths["/" + name] = {"post": {"tags": ["Service APIs"], "x-bentoml-name": name, "description": doc,
+                                      "operationId": f"capsnet__{name}"}}
     classify = paths["/classify"]["post"]
     classify["requestBody"] = {"required": True, "content": {
         **json_content(shapes["images_body"]), "application/octet-stream": {"schema": shapes["octets"]}}}
@@ -184,33 +205,3 @@ def fix(document: dict[str, Any], size: int = IMAGE_SIZE, grid: int = MNIST_GRID
         name: schema for name, schema in document["components"]["schemas"].items()
         if f'"#/components/schemas/{name}"' in used}}
     return document
-
-
-class OpenAPIFix:
-    """Rewrites the body of GET /docs.json with `fix`; every other request passes untouched."""
-
-    def __init__(self, app: Any, bound: Any = None) -> None:
-        self.app = app
-        self.bound = bound  # the worker's Routes (serving.routes.Bound): the served graph's sizes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != ROUTE:
-            return await self.app(scope, receive, send)
-        start: dict[str, Any] = {}
-        chunks: list[bytes] = []
-
-        async def keep(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                start.update(message)
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-
-        await self.app(scope, receive, keep)
-        body = b"".join(chunks)
-        if start.get("status") == 200:
-            runtime = self.bound.routes.runtime if self.bound is not None else None
-            sizes = (runtime.image_size, runtime.routing_grid) if runtime is not None else (IMAGE_SIZE, MNIST_GRID)
-            body = json.dumps(fix(json.loads(body), *sizes), ensure_ascii=False).encode()
-        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-        await send({**start, "headers": headers + [(b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})

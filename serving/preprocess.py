@@ -13,11 +13,10 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from serving.inputs import IMAGE_SIZE, InvalidInput, TooLarge
+from serving.errors import InvalidInput, TooLarge
+from serving.limits import IMAGE_SIZE, MAX_PIXELS, MAX_UPLOAD_BYTES
 
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
-MAX_BYTES = 10 * 1024 * 1024  # an upload over this is refused (413)
-MAX_PIXELS = 4096 * 4096  # width x height from the header, checked before decoding (413)
 FIT = 20  # MNIST fits each digit into 20x20 ...
 INK = 0.1  # ... and we crop to pixels brighter than this (after background removal)
 
@@ -26,8 +25,8 @@ def decode(data: bytes) -> Image.Image:
     """Bytes -> a decoded PIL image; InvalidInput when it is not an image we take."""
     if not data:
         raise InvalidInput("the upload is empty")
-    if len(data) > MAX_BYTES:
-        raise TooLarge(f"the upload is {len(data):,} bytes; at most {MAX_BYTES:,}")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise TooLarge(f"the upload is {len(data):,} bytes; at most {MAX_UPLOAD_BYTES:,}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -1,65 +1,108 @@
-"""Every route's steps, top to bottom: parse the body, check it, run it through the batcher, answer; and the
-one mapping from errors to HTTP statuses.
+"""Every route's steps, top to bottom: read the body, check it, run it through the batcher, answer.
 
 One `Routes` per worker, built by the service (serving/service.py) with the worker's runtime, batcher and
-settings. Two kinds of callers use it:
-
-- the fast path (serving/fastpath.py), which hands it the raw body of POST /classify and POST
-  /classify_image before BentoML's API layer parses anything (`classify_body`, `classify_upload`): for a
-  one-digit request the framework's parsing cost more than the model (BENCHMARKS.md);
-- the `@bentoml.api` methods, for the routes the fast path leaves to BentoML (/reconstruct, /explain,
-  /metadata, and /classify bodies `classify_body` declines: malformed JSON, other keys), whose parser
-  then says what is wrong.
-
-CPU-bound work (decoding an upload, /explain's run) goes to a thread, never on the event loop.
+settings. The route table that leads here is serving/app.py's; the steps raise serving/errors.py's errors,
+which one function there turns into answers. CPU-bound work (decoding an upload, /explain's run) goes to a
+thread, never on the event loop.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import json
+from pathlib import Path
+from typing import Any
 
 import anyio
 import numpy as np
 import orjson
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import FileResponse, JSONResponse, Response
 
-from serving.batching import Batcher, Overloaded
-from serving.inputs import MAX_BATCH, MAX_EXPLAIN, InvalidInput, TooLarge, parse_octets, validate_images
-from serving.limits import media_type
+from serving.batching import Batcher
+from serving.errors import InvalidInput, NotFound, TooLarge
+from serving.limits import IMAGE_SIZE, MAX_BATCH, MAX_EXPLAIN
 from serving.preprocess import preprocess
 from serving.runtime import CapsNetRuntime, Explanation, Prediction
 from serving.settings import Settings
-from serving.v2 import OpenInference
 
 RAW = "application/octet-stream"
-JSON_TYPES = ("application/json", "")  # BentoML reads a body without a Content-Type as JSON too
+JSON_TYPES = ("application/json", "")  # a body without a Content-Type is read as JSON, as BentoML does
 UPLOAD_FIELD = "image"  # /classify_image's one file field
 DIGITS = 5  # decimals of /reconstruct's and /explain's arrays
+PAGE = Path(__file__).with_name("static") / "index.html"  # the page at /ui/; static/ort/ holds onnxruntime-web
 
 
-def error_response(err: Exception) -> JSONResponse:
-    """InvalidInput -> 400, TooLarge -> 413, Overloaded -> 503; the body says why."""
-    status = 503 if isinstance(err, Overloaded) else 413 if isinstance(err, TooLarge) else 400
-    return JSONResponse({"error": str(err)}, status_code=status)
+def media_type(raw: str) -> str:
+    """A Content-Type header's media type, without its parameters."""
+    return raw.split(";")[0].strip().lower()
 
 
-def answer(body: dict[str, Any]) -> JSONResponse:
-    """The JSON answer as a response, which BentoML passes on as it is (for a plain dict it derives the output's
-    JSON schema again on every request: 10% of a one-digit request's Python time, measured with py-spy)."""
-    return JSONResponse(body)
+# What a request's images must be, checked before anything runs (S is the served graph's image size).
 
-
-def json_images(body: bytes) -> Any | None:
-    """The "images" of a JSON body that is an object with that one key; None for any other body, which BentoML's
-    API answers (its parser says what is wrong; orjson also refuses NaN literals, which BentoML reads and
-    validate_images then refuses with its reason)."""
+def validate_images(images: Any, max_batch: int = MAX_BATCH, size: int = IMAGE_SIZE) -> np.ndarray:
+    """A JSON array of N SxS (or 1xSxS) images in [0, 1] -> float32 (N, 1, S, S); else InvalidInput."""
+    if not isinstance(images, list):
+        raise InvalidInput(f"'images' must be an array of N images of {size}x{size} numbers,"
+                           f" got {type(images).__name__}")
+    if not images:
+        raise InvalidInput("'images' is empty: send at least one image")
+    if len(images) > max_batch:
+        raise TooLarge(f"'images' holds {len(images)} images; at most {max_batch} per request")
     try:
-        data = orjson.loads(body)  # about 4x faster than json.loads on a digit (BENCHMARKS.md)
-    except orjson.JSONDecodeError:
-        return None
-    return data["images"] if isinstance(data, dict) and data.keys() == {"images"} else None
+        array = np.array(images)
+    except (ValueError, TypeError):
+        raise InvalidInput(f"'images' is ragged: every image must be {size} rows of {size} numbers") from None
+    if array.dtype.kind not in "iuf":
+        raise InvalidInput("'images' must hold only numbers (no strings, booleans, nulls or objects)")
+    if array.ndim == 4 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.shape[1:] != (size, size):
+        raise InvalidInput(f"each image must be {size}x{size} (or 1x{size}x{size});"
+                           f" got images of shape {list(array.shape[1:])}")
+    return check_pixels(array.astype(np.float32))[:, None]
+
+
+def check_pixels(array: np.ndarray) -> np.ndarray:
+    """array itself when every value is finite and in [0, 1]; else InvalidInput."""
+    low, high = array.min(), array.max()  # NaN propagates into both, and Infinity is past 1 or below 0
+    if not (low >= 0.0 and high <= 1.0):
+        if not np.isfinite(array).all():
+            raise InvalidInput("'images' holds NaN or Infinity")
+        raise InvalidInput(f"pixel values must lie in [0, 1]; got [{low:.4g}, {high:.4g}]")
+    return array
+
+
+def parse_octets(body: bytes, max_batch: int = MAX_BATCH, size: int = IMAGE_SIZE) -> np.ndarray:
+    """An application/octet-stream body: N x S x S float32 little-endian in [0, 1] -> (N, 1, S, S)."""
+    image_bytes = size * size * 4
+    if not body or len(body) % image_bytes:
+        raise InvalidInput(f"an application/octet-stream body must be N x {size} x {size} float32"
+                           f" (a multiple of {image_bytes} bytes); got {len(body)} bytes")
+    if len(body) // image_bytes > max_batch:
+        raise TooLarge(f"the body holds {len(body) // image_bytes} images; at most {max_batch} per request")
+    return check_pixels(np.frombuffer(body, dtype="<f4").reshape(-1, 1, size, size))
+
+
+def json_images(body: bytes) -> Any:
+    """The "images" of a JSON body {"images": ...} (other keys are ignored, as BentoML's APIs ignore them); else
+    InvalidInput saying what the body is. NaN and Infinity literals, which orjson refuses, are read (by the
+    standard library) so that the images' check can name them."""
+    if not body:
+        raise InvalidInput('the body is empty: send a JSON object {"images": [...]}')
+    try:
+        data = orjson.loads(body)  # about 4x faster than json.loads on a digit (docs/benchmarks-history.md)
+    except orjson.JSONDecodeError as err:
+        try:
+            data = json.loads(body)
+        except RecursionError:
+            raise InvalidInput("the body is nested too deeply (past the parser's recursion limit)") from None
+        except ValueError:
+            raise InvalidInput(f"the body is not JSON: {err}") from None
+    if not isinstance(data, dict) or "images" not in data:
+        raise InvalidInput(f'the body should be an object {{"images": [...]}}; got {type(data).__name__}'
+                           f'{" without images" if isinstance(data, dict) else ""}')
+    return data["images"]
 
 
 async def upload_bytes(request: Request) -> bytes:
@@ -80,6 +123,12 @@ async def upload_bytes(request: Request) -> bytes:
         await form.close()
 
 
+def answer(body: dict[str, Any]) -> JSONResponse:
+    """The JSON answer as a response, which BentoML passes on as it is (for a plain dict it derives the output's
+    JSON schema again on every request: 10% of a one-digit request's Python time, measured with py-spy)."""
+    return JSONResponse(body)
+
+
 def classify_answer(p: Prediction) -> dict[str, list]:
     return {"labels": p.labels.tolist(), "lengths": p.lengths.tolist()}
 
@@ -92,67 +141,40 @@ def explain_answer(e: Explanation) -> dict[str, list]:
 
 
 class Routes:
-    def __init__(self, runtime: CapsNetRuntime, batcher: Batcher, settings: Settings,
-                 ready: Callable[[], bool] = lambda: True) -> None:
+    def __init__(self, runtime: CapsNetRuntime, batcher: Batcher, settings: Settings) -> None:
         self.runtime = runtime
         self.batcher = batcher
         self.settings = settings
         self.size = runtime.image_size  # every image is the served graph's size: 28 for MNIST, 40 or 36 on bigger canvases
-        self.v2 = OpenInference(runtime, batcher, settings, ready)  # the Open Inference Protocol (serving/v2.py)
 
-    async def classify_body(self, body: bytes, content_type: str) -> JSONResponse | None:
-        """POST /classify as it arrives: raw float32 (application/octet-stream) or JSON {"images": ...} ->
-        {"labels": [N], "lengths": [N x 10]}, or its 400, 413 or 503. None for a body BentoML's API should answer."""
-        kind = media_type(content_type)
-        try:
-            if kind == RAW:
-                images = parse_octets(body, size=self.size)
-            elif kind in JSON_TYPES and (found := json_images(body)) is not None:
-                images = validate_images(found, size=self.size)
-            else:
-                return None
-            return answer(classify_answer(await self.batcher.predict_async(images)))
-        except (InvalidInput, Overloaded) as err:
-            return error_response(err)
+    async def classify(self, request: Request) -> Response:
+        """POST /classify: raw float32 (application/octet-stream) or JSON {"images": ...} ->
+        {"labels": [N], "lengths": [N x 10]}."""
+        kind, body = media_type(request.headers.get("content-type", "")), await request.body()
+        if kind == RAW:
+            images = parse_octets(body, size=self.size)
+        elif kind in JSON_TYPES:
+            images = validate_images(json_images(body), size=self.size)
+        else:
+            raise InvalidInput(f"Content-Type {kind!r}: send application/json or {RAW}")
+        return answer(classify_answer(await self.batcher.predict_async(images)))
 
-    async def classify(self, images: Any) -> JSONResponse:
-        """/classify for images BentoML's API parsed."""
-        try:
-            return answer(classify_answer(await self.batcher.predict_async(validate_images(images, size=self.size))))
-        except (InvalidInput, Overloaded) as err:
-            return error_response(err)
-
-    async def classify_upload(self, request: Request) -> JSONResponse:
-        """POST /classify_image as it arrives: the form parsed once, the image decoded in a thread."""
-        try:
-            return await self.classify_image(await upload_bytes(request))
-        except InvalidInput as err:
-            return error_response(err)
-
-    async def classify_image(self, data: bytes) -> JSONResponse:
-        """An uploaded image's bytes -> {"label": int, "lengths": [10]}."""
-        try:
-            image = await anyio.to_thread.run_sync(preprocess, data, self.size)  # up to 16 M pixels: not on the event loop
-            p = await self.batcher.predict_async(image[None])
-        except (InvalidInput, Overloaded) as err:
-            return error_response(err)
+    async def classify_image(self, request: Request) -> Response:
+        """POST /classify_image: one uploaded image -> {"label": int, "lengths": [10]}."""
+        data = await upload_bytes(request)
+        image = await anyio.to_thread.run_sync(preprocess, data, self.size)  # up to 16 M pixels: not on the event loop
+        p = await self.batcher.predict_async(image[None])
         return answer({"label": int(p.labels[0]), "lengths": p.lengths[0].tolist()})
 
-    async def reconstruct(self, images: Any) -> JSONResponse:
-        """/classify's images -> {"labels": [N], "reconstructions": [N x S x S]}."""
-        try:
-            p = await self.batcher.predict_async(validate_images(images, size=self.size))
-        except (InvalidInput, Overloaded) as err:
-            return error_response(err)
+    async def reconstruct(self, images: Any) -> Response:
+        """/classify's images, as BentoML's API parsed them -> {"labels": [N], "reconstructions": [N x S x S]}."""
+        p = await self.batcher.predict_async(validate_images(images, size=self.size))
         return answer({"labels": p.labels.tolist(), "reconstructions": p.reconstructions.round(DIGITS).tolist()})
 
-    async def explain(self, images: Any) -> JSONResponse:
+    async def explain(self, images: Any) -> Response:
         """At most 16 images -> the labels and lengths, the winner's pose, its routing and the reconstructions.
         Runs the model itself, in a thread, outside the batcher: it fetches outputs /classify skips."""
-        try:
-            checked = validate_images(images, MAX_EXPLAIN, self.size)
-        except InvalidInput as err:
-            return error_response(err)
+        checked = validate_images(images, MAX_EXPLAIN, self.size)
         return answer(explain_answer(await anyio.to_thread.run_sync(self.runtime.explain, checked)))
 
     def metadata(self) -> dict[str, Any]:
@@ -160,34 +182,30 @@ class Routes:
         return {**self.runtime.describe(), "max_batch": MAX_BATCH, "max_explain": MAX_EXPLAIN,
                 "workers": self.settings.workers, "batcher": self.settings.batcher}
 
-    async def page_predict(self, request: Request) -> JSONResponse:
+    # The page (GET /ui/) and what it loads.
+
+    async def page(self, request: Request) -> Response:
+        return FileResponse(PAGE, media_type="text/html")
+
+    async def page_predict(self, request: Request) -> Response:
         """POST /ui/predict: one upload -> the page's view of it: label, lengths, the input the model saw,
         its reconstruction, the winner's pose and routing map."""
         def run(data: bytes) -> tuple[np.ndarray, Explanation]:
             batch = preprocess(data, self.size)[None]
             return batch, self.runtime.explain(batch)
 
-        try:
-            batch, e = await anyio.to_thread.run_sync(run, await upload_bytes(request))
-        except InvalidInput as err:
-            return error_response(err)
+        batch, e = await anyio.to_thread.run_sync(run, await upload_bytes(request))
         return JSONResponse({"label": int(e.labels[0]), "lengths": e.lengths[0].round(4).tolist(),
                              "input": batch[0, 0].round(3).tolist(), "reconstruction": e.reconstructions[0].round(3).tolist(),
                              "pose": e.poses[0].tolist(), "routing_map": e.routing_maps[0].round(4).tolist()})
 
+    async def model_file(self, request: Request) -> Response:
+        """GET /ui/model.onnx: the file the service runs, for the page's in-browser mode."""
+        return FileResponse(self.runtime.model_path, media_type=RAW)
 
-class Bound:
-    """Where a worker's service puts its Routes once it has built them, for the ASGI parts that BentoML builds
-    before the service instance (the fast path, the page). One worker process serves one service instance."""
-
-    def __init__(self) -> None:
-        self._routes: Routes | None = None
-
-    def bind(self, routes: Routes) -> None:
-        self._routes = routes
-
-    @property
-    def routes(self) -> Routes:
-        if self._routes is None:
-            raise RuntimeError("the service has not built its routes yet")
-        return self._routes
+    async def decoder_file(self, request: Request) -> Response:
+        """GET /ui/decoder.onnx: the decoder alone, which the page's pose sliders run in the browser."""
+        path = self.runtime.decoder_path
+        if path is None or not path.exists():
+            raise NotFound("the served model names no decoder file (`make export` writes it)")
+        return FileResponse(path, media_type=RAW)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from serving.inputs import IMAGE_SIZE, MAX_BATCH
+from serving.limits import IMAGE_SIZE, MAX_BATCH
 from serving.settings import check_device, check_variant
 
 PREFERRED_VARIANT = {"cpu": "int8", "cuda": "fp16"}

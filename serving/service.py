@@ -3,9 +3,10 @@
 The settings are read once, at import (serving/settings.py): a bad value stops `bentoml serve` with
 `capsnet: cannot start: ...` and exit code 1, as a model or device that cannot work does (checked once,
 before any worker starts, by `check_model_and_device`). Each worker process builds one runtime (its ONNX
-Runtime session, created once), one batcher and one Routes (serving/routes.py), which every route's
-steps go through: the `@bentoml.api` methods below, and the fast path and the page, which BentoML
-builds before this instance and which get the Routes through `WORKER`.
+Runtime session, created once), one batcher, one Routes (serving/routes.py) and one OpenInference
+(serving/v2.py). The routes the project answers itself are declared in serving/app.py's table, in the one ASGI
+layer in front of BentoML's app, which BentoML builds before this instance and which gets them through
+`WORKER`; the `@bentoml.api` methods below are the routes BentoML parses (/reconstruct, /explain, /metadata).
 """
 
 from __future__ import annotations
@@ -17,15 +18,16 @@ from pathlib import Path
 import bentoml
 from pydantic import WithJsonSchema
 
-from serving import connections, ui
-from serving.batching import MAX_CONCURRENCY, make_batcher
-from serving.fastpath import FastPath
-from serving.lifecycle import CloseWhileDraining, Drain, quick_respawn
-from serving.limits import RequestGate
-from serving.openapi import OpenAPIFix
-from serving.routes import Bound, Routes
+from serving import framework
+from serving.app import Bound, Front
+from serving.batching import make_batcher
+from serving.errors import answered
+from serving.lifecycle import Drain
+from serving.limits import MAX_CONCURRENCY
+from serving.routes import Routes
 from serving.runtime import CapsNetRuntime, DeviceError, ModelError
 from serving.settings import Settings, SettingsError
+from serving.v2 import OpenInference
 
 STARTUP_ERRORS = (DeviceError, ModelError, FileNotFoundError, SettingsError)
 
@@ -47,10 +49,10 @@ def open_runtime(settings: Settings) -> CapsNetRuntime:
 
 
 SETTINGS = settings_or_exit()
-WORKER = Bound()  # this worker's Routes, for the fast path and the page
+WORKER = Bound()  # this worker's routes, for the layer in front of BentoML's app (serving/app.py)
 DRAIN = Drain(SETTINGS.drain_seconds, SETTINGS.drain_timeout)  # this worker's SIGTERM drain
-connections.install(SETTINGS.read_timeout, SETTINGS.max_connections)  # read deadline, connection cap
-quick_respawn()  # in the `bentoml serve` process: a crashed worker is restarted within 0.5 s, not 10
+framework.guard_connections(SETTINGS.read_timeout, SETTINGS.max_connections)  # read deadline, connection cap
+framework.quick_respawn()  # in the `bentoml serve` process: a crashed worker is restarted within 0.5 s, not 10
 # The images, typed for BentoML's clients (a tensor: `client.classify(images=np_array)` sends it as JSON)
 # while our own checks in validate_images keep their error messages; /docs.json says the exact shape
 # and range (serving/openapi.py).
@@ -64,7 +66,6 @@ TRACING = {} if SETTINGS.tracing else {"excluded_urls": [".*"]}
                   traffic={"timeout": 30, "max_concurrency": MAX_CONCURRENCY},
                   logging={"access": {"enabled": SETTINGS.access_log}}, tracing=TRACING,
                   metrics={"enabled": SETTINGS.metrics})
-@bentoml.asgi_app(ui.make_app(WORKER), path="/ui")
 class CapsNet:
     @bentoml.on_deployment
     def check_model_and_device() -> None:
@@ -78,9 +79,9 @@ class CapsNet:
 
     def __init__(self) -> None:
         runtime = open_runtime(SETTINGS)
-        self.routes = Routes(runtime, make_batcher(SETTINGS.batcher, runtime), SETTINGS,
-                             ready=lambda: not DRAIN.draining)
-        WORKER.bind(self.routes)
+        batcher = make_batcher(SETTINGS.batcher, runtime)
+        self.routes = Routes(runtime, batcher, SETTINGS)
+        WORKER.bind(self.routes, OpenInference(runtime, batcher, SETTINGS, ready=lambda: not DRAIN.draining))
         DRAIN.install()  # SIGTERM: not ready, Connection: close, then stop (serving/lifecycle.py)
 
     def __is_ready__(self) -> bool:
@@ -88,28 +89,16 @@ class CapsNet:
         return not DRAIN.draining
 
     @bentoml.api
-    async def classify(self, images: Images) -> dict:
-        """{"images": N x 28 x 28 numbers in [0, 1]} -> {"labels": [N], "lengths": [N x 10]}
-
-        The same route also takes the images as raw float32 (Content-Type: application/octet-stream)."""
-        return await self.routes.classify(images)
-
-    @bentoml.api
-    async def classify_image(self, image: Path) -> dict:
-        """multipart field `image` (PNG, JPEG, BMP, GIF, WebP) -> {"label": int, "lengths": [10]}"""
-        return await self.routes.classify_image(image.read_bytes())
-
-    @bentoml.api
     async def reconstruct(self, images: Images) -> dict:
         """Same JSON body as /classify -> {"labels": [N], "reconstructions": [N x 28 x 28]}"""
-        return await self.routes.reconstruct(images)
+        return await answered(self.routes.reconstruct(images))
 
     @bentoml.api
     async def explain(self, images: Images) -> dict:
         """Same JSON body as /classify, at most 16 images -> {"labels", "lengths", "poses": the winning capsule's
         16 numbers, "routing_maps": 6x6 shares of the primary capsules' votes that went to the winner,
         "routing_types": 32 shares, "reconstructions"}."""
-        return await self.routes.explain(images)
+        return await answered(self.routes.explain(images))
 
     @bentoml.api
     def metadata(self) -> dict:
@@ -117,7 +106,4 @@ class CapsNet:
         return self.routes.metadata()
 
 
-CapsNet.add_asgi_middleware(CloseWhileDraining, drain=DRAIN)  # after SIGTERM: every answer closes its connection
-CapsNet.add_asgi_middleware(RequestGate)  # body size limits, before anything is parsed
-CapsNet.add_asgi_middleware(FastPath, bound=WORKER)  # /classify's common bodies and uploads to the routes
-CapsNet.add_asgi_middleware(OpenAPIFix, bound=WORKER)  # /docs.json: valid OpenAPI 3, exact about inputs and answers
+CapsNet.add_asgi_middleware(Front, worker=WORKER, drain=DRAIN)  # drain, body limits, our route table (serving/app.py)

@@ -21,7 +21,6 @@ what the protocol and the model take (413 over the size limits, 503 when overloa
 
 from __future__ import annotations
 
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +32,10 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serving.batching import Batcher, Overloaded
-from serving.inputs import MAX_BATCH, InvalidInput, TooLarge, check_pixels
+from serving.batching import Batcher
+from serving.errors import JSON_TYPE, InvalidInput, NotFound, TooLarge
+from serving.limits import MAX_BATCH
+from serving.routes import check_pixels
 from serving.runtime import CapsNetRuntime, ModelError
 from serving.settings import Settings
 
@@ -43,14 +44,6 @@ PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ["binary_tensor_data"]
 BATCHED = {"lengths", "reconstruction"}  # what the batcher's runs fetch
 HEADER_LENGTH = "inference-header-content-length"
-SERVER_ROUTES = ("/v2", "/v2/health/live", "/v2/health/ready")
-ROUTE = re.compile(rf"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<action>/ready|/infer)?$")
-JSON_TYPE = "application/json"
-
-
-class NotFound(LookupError):
-    """An unknown model or version (404)."""
-
 
 @dataclass
 class Tensor:
@@ -58,20 +51,6 @@ class Tensor:
     name: str
     array: np.ndarray
     binary: bool
-
-
-def error(status: int, message: str) -> Response:
-    return Response(orjson.dumps({"error": message}), status, media_type=JSON_TYPE)
-
-
-def not_allowed(method: str, path: str, allowed: str) -> Response:
-    return Response(orjson.dumps({"error": f"{method} is not allowed on {path}; use {allowed}"}), 405,
-                    media_type=JSON_TYPE, headers={"Allow": allowed})
-
-
-def status_of(err: Exception) -> int:
-    return 404 if isinstance(err, NotFound) else 503 if isinstance(err, Overloaded) else \
-        413 if isinstance(err, TooLarge) else 400
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
@@ -229,27 +208,27 @@ class OpenInference:
         tensors = [Tensor(name, value, binary) for (name, binary), value in zip(wanted, values)]
         return infer_response(MODEL, version, header.get("id"), tensors)
 
-    async def handle(self, request: Request) -> Response:
-        """Any /v2 request -> its response."""
-        path, method = request.scope["path"].rstrip("/") or "/", request.scope["method"]
-        try:
-            if path in SERVER_ROUTES:
-                if method != "GET":
-                    return not_allowed(method, path, "GET")
-                if path == "/v2":
-                    return Response(orjson.dumps(self.server_metadata()), media_type=JSON_TYPE)
-                return Response(status_code=200 if path.endswith("live") or self.ready() else 503)
-            route = ROUTE.match(path)
-            if route is None:
-                raise NotFound(f"no route {method} {path} in the Open Inference Protocol")
-            version = self.check(route["model"], route["version"])
-            allowed = "POST" if route["action"] == "/infer" else "GET"
-            if method != allowed:
-                return not_allowed(method, path, allowed)
-            if route["action"] == "/infer":
-                return await self.infer(version, await request.body(), request.headers.get(HEADER_LENGTH))
-            if route["action"] == "/ready":
-                return Response(status_code=200 if self.ready() else 503)
-            return Response(orjson.dumps(self.model_metadata(version)), media_type=JSON_TYPE)
-        except (InvalidInput, NotFound, Overloaded) as err:
-            return error(status_of(err), str(err))
+    # The routes (serving/app.py's table names them): each takes the request, answers or raises.
+
+    async def live(self, request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def ready_route(self, request: Request) -> Response:
+        """Server readiness, and a model's (after its model and version are checked): 503 while draining."""
+        if "model" in request.path_params:
+            self.check(request.path_params["model"], request.path_params.get("version"))
+        return Response(status_code=200 if self.ready() else 503)
+
+    async def server(self, request: Request) -> Response:
+        return Response(orjson.dumps(self.server_metadata()), media_type=JSON_TYPE)
+
+    async def model(self, request: Request) -> Response:
+        version = self.check(request.path_params["model"], request.path_params.get("version"))
+        return Response(orjson.dumps(self.model_metadata(version)), media_type=JSON_TYPE)
+
+    async def infer_route(self, request: Request) -> Response:
+        version = self.check(request.path_params["model"], request.path_params.get("version"))
+        return await self.infer(version, await request.body(), request.headers.get(HEADER_LENGTH))
+
+    async def unknown(self, request: Request) -> Response:
+        raise NotFound(f"no route {request.method} {request.url.path} in the Open Inference Protocol")

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from mnist import read_split
-from serving.batching import BATCHERS, MicroBatcher, Overloaded
+from serving.batching import BATCHERS, MicroBatcher
+from serving.errors import Overloaded
 from serving.runtime import CapsNetRuntime
 
 

@@ -46,7 +46,7 @@ class Chunked:
 # (name, route, request kwargs, expected status, a fragment of the reason)
 CASES = [
     ("invalid JSON", "/classify", {"content": b'{"images": [', "headers": JSON}, 400, "JSON"),
-    ("empty body", "/classify", {"content": b"", "headers": JSON}, 400, "Field required"),
+    ("empty body", "/classify", {"content": b"", "headers": JSON}, 400, "the body is empty"),
     ("top-level array", "/classify", {"content": b"[1, 2]", "headers": JSON}, 400, "should be an object"),
     ("top-level string", "/classify", {"content": b'"hello"', "headers": JSON}, 400, "should be an object"),
     ("missing field", "/classify", {"json": {}}, 400, "images"),

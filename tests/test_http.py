@@ -51,8 +51,8 @@ def test_raw_float32_and_n_by_1_by_28_by_28_give_the_json_answer(client, digits)
     assert np.abs(np.array(raw.json()["lengths"]) - np.array(as_json["lengths"])).max() < 1e-6
 
 
-def test_a_body_the_fast_path_declines_gets_bentomls_answer(client, digits):
-    """A JSON object with a key besides "images" goes on to BentoML's API (which ignores the extra key)."""
+def test_a_key_besides_images_is_ignored(client, digits):
+    """As BentoML's APIs do (/reconstruct, /explain), /classify ignores keys besides "images"."""
     images, _, expected = digits
     r = client.post("/classify", json={"images": images[:2].tolist(), "note": "x"})
     assert r.status_code == 200 and r.json()["labels"] == expected[:2].tolist()

@@ -156,13 +156,15 @@ def test_every_document_the_readme_links_is_in_the_repository():
 # that runs before a body is parsed holds no route logic, the fast path only picks the route, and nothing
 # finds the service through BentoML's global lookup (the service hands each part what it needs).
 SERVING_RULES = {
-    "serving/limits.py": {"serving.routes", "serving.inputs", "serving.runtime", "serving.batching",
-                          "serving.preprocess", "serving.service", "bentoml"},
-    "serving/fastpath.py": {"serving.inputs", "serving.runtime", "serving.batching", "serving.preprocess",
-                            "serving.service", "bentoml"},
-    "serving/routes.py": {"bentoml", "serving.service", "serving.fastpath"},
-    "serving/ui.py": {"bentoml", "serving.runtime", "serving.service"},
+    "serving/limits.py": {"serving", "bentoml"},  # constants only
+    "serving/errors.py": {"serving", "bentoml"},
+    "serving/app.py": {"bentoml", "serving.service", "serving.runtime", "serving.batching", "serving.preprocess"},
+    "serving/routes.py": {"bentoml", "serving.service", "serving.app"},
+    "serving/v2.py": {"bentoml", "serving.service", "serving.app"},
 }
+# BentoML's and uvicorn's internals are touched in serving/framework.py only
+INTERNALS = ("uvicorn", "bentoml._internal", "_bentoml_impl", "_bentoml_sdk", "circus")
+FRAMEWORK = "serving/framework.py"
 
 
 def serving_violations(root: Path = ROOT) -> list[str]:
@@ -172,8 +174,13 @@ def serving_violations(root: Path = ROOT) -> list[str]:
             if any(module == f or module.startswith(f + ".") for f in forbidden):
                 found.append(f"{name}:{line}: imports {module}")
     for path in sorted((root / "serving").rglob("*.py")):
+        name = str(path.relative_to(root))
         if "get_current_service" in path.read_text():
-            found.append(f"{path.relative_to(root)}: looks the service up globally (get_current_service)")
+            found.append(f"{name}: looks the service up globally (get_current_service)")
+        if name != FRAMEWORK:
+            found += [f"{name}:{line}: imports {module}, an internal ({FRAMEWORK} holds them)"
+                      for line, module, _ in imports(path)
+                      if any(module == f or module.startswith(f + ".") for f in INTERNALS)]
     return found
 
 
@@ -187,9 +194,11 @@ def test_the_request_path_rules_catch_what_they_forbid(tmp_path):
         (tmp_path / name).write_text("")
     (tmp_path / "serving" / "limits.py").write_text("from serving.routes import Routes\n")
     (tmp_path / "serving" / "routes.py").write_text("import bentoml\n")
-    (tmp_path / "serving" / "ui.py").write_text("def f():\n    return bentoml.get_current_service()\n")
+    (tmp_path / "serving" / "app.py").write_text("def f():\n    return bentoml.get_current_service()\n")
+    (tmp_path / "serving" / "batching.py").write_text("from bentoml._internal.marshal import dispatcher\n")
     assert serving_violations(tmp_path) == [
         "serving/limits.py:1: imports serving.routes",
         "serving/routes.py:1: imports bentoml",
-        "serving/ui.py: looks the service up globally (get_current_service)",
+        "serving/app.py: looks the service up globally (get_current_service)",
+        "serving/batching.py:1: imports bentoml._internal.marshal, an internal (serving/framework.py holds them)",
     ]

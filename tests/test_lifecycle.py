@@ -16,7 +16,7 @@ from typing import Iterator
 import pytest
 import uvicorn
 
-from serving.connections import GuardedHTTPProtocol
+from serving.framework import GuardedHTTPProtocol
 from serving.lifecycle import Drain
 
 IN_PROCESS = not os.environ.get("CAPSNET_TEST_URL")

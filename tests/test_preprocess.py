@@ -8,7 +8,7 @@ from PIL import Image
 
 from serving.preprocess import MAX_PIXELS, decode, mnist_style, preprocess
 from mnist import read_split
-from serving.inputs import InvalidInput, TooLarge
+from serving.errors import InvalidInput, TooLarge
 from serving.runtime import CapsNetRuntime
 
 

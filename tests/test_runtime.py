@@ -5,7 +5,8 @@ import pytest
 
 from export.artifact import variant_path
 from mnist import read_split
-from serving.inputs import InvalidInput, TooLarge, validate_images
+from serving.errors import InvalidInput, TooLarge
+from serving.routes import validate_images
 from serving.runtime import CapsNetRuntime, DeviceError, ModelError, create_session
 from serving.settings import SettingsError, model_path
 

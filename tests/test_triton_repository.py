@@ -8,7 +8,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from export.triton import MAX_BATCH_SIZE, config_text
-from serving.inputs import MAX_BATCH
+from serving.limits import MAX_BATCH
 from serving.runtime import CapsNetRuntime
 from tests.conftest import PUBLISHED_ONNX
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from serving.runtime import CapsNetRuntime
-from serving.v2 import ROUTE
 from tests.conftest import PUBLISHED_ONNX
 
 INFER = "/v2/models/capsnet/infer"
@@ -168,9 +167,3 @@ def test_unknown_models_versions_and_routes_get_404(client, digits, path, status
                                    ("PUT", "/v2/health/live", "GET"), ("POST", "/v2", "GET")):
         refused = client.request(method, route)
         assert refused.status_code == 405 and refused.headers["allow"] == allowed, (method, route)
-
-
-def test_the_route_pattern_reads_model_version_and_action():
-    m = ROUTE.match("/v2/models/capsnet/versions/fp16/infer")
-    assert (m["model"], m["version"], m["action"]) == ("capsnet", "fp16", "/infer")
-    assert ROUTE.match("/v2/models/capsnet/versions/") is None
