@@ -24,7 +24,7 @@ QUICK_TRAIN_ARGS ?= --epochs 1 --limit 30000
 TRAIN_ARGS ?= $(QUICK_TRAIN_ARGS)
 PYTEST_ARGS ?=
 
-.PHONY: setup serve-setup publish-onnx web browser haproxy replicas peers peers-setup data train export serve loadtest loadtest-pinned build container container-gpu container-gpu-check container-run bench experiments docs-numbers gpu-stage \
+.PHONY: setup serve-setup publish-onnx web tools replicas peers peers-setup data train export serve loadtest loadtest-pinned build container container-gpu container-gpu-check container-run bench experiments docs-numbers gpu-stage \
         test test-quick clean help
 help:
 	@echo "make serve      a venv with the serving packages, then serve the published ONNX files on $(HOST):$(PORT)"
@@ -52,19 +52,16 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 
 serve-setup: $(VENV)/.serve
 
-setup: $(VENV)/.installed browser haproxy
+setup: $(VENV)/.installed tools
 
-# Debian's Chromium for the page test (tests/test_ui.py), where this machine lets us install it.
-browser:
-	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
-	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
-	  || echo "note: Debian's chromium could not be installed here; tests/test_ui.py will be skipped"
-
-# Debian's HAProxy for make replicas and tests/test_replicas.py, where this machine lets us install it.
-haproxy:
-	@command -v haproxy >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
-	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; } \
-	  || echo "note: Debian's haproxy could not be installed here; make replicas cannot run"
+# Debian's tools the tests and targets use, where this machine lets us install them (root and apt-get): Chromium
+# (the page, tests/test_ui.py), HAProxy (make replicas), wrk (make loadtest-pinned, make peers). One apt-get run.
+TOOLS := chromium haproxy wrk
+tools:
+	@missing="$$(for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || echo $$t; done)"; \
+	[ -z "$$missing" ] || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
+	  || echo "note: Debian's $$missing could not be installed here; the tests that need them are skipped"
 
 data: setup
 	$(PY) -c "from mnist import ensure_mnist; print(ensure_mnist())"

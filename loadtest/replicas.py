@@ -7,7 +7,8 @@
 HAProxy runs deploy/haproxy/haproxy.cfg as it is (health checks on /readyz, retries of failed connections
 only). Locust's users send one real test digit per request through it and check every answer. The report
 (printed, and report.json under --out) says how many requests failed and when each replica stopped and
-answered again. Exits 1 when a rolling restart lost a request or did not finish within the run.
+answered again. The load lasts at least --seconds, and until every event has finished and TAIL_S more:
+on a slow machine a restart takes longer, and the run waits for it. Exits 1 when a rolling restart lost a request.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ from serving.runtime import CapsNetRuntime
 HAPROXY_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "haproxy" / "haproxy.cfg"
 MODES = ("rolling", "kill")
 SETTLE_S = 2.0  # after a replica is ready again, before the next one goes: HAProxy's `rise 2` at 0.5 s
-QUICK = {"seconds": 22, "users": 4, "drain_seconds": 2.0}
+TAIL_S = 3.0  # load after the last event, so that what follows a restart is measured too
+QUICK = {"seconds": 12, "users": 4, "drain_seconds": 2.0}
+BOUND_S = 600  # the longest a run may last, whatever its events take
 
 
 @dataclass
@@ -92,10 +95,11 @@ def answers(url: str, body: bytes) -> bool:
         return False
 
 
-def rolling_restart(replicas: list[Replica], started: float, at: list[float]) -> None:
-    """Restart each replica in turn: SIGTERM, wait for its exit, start it, wait until it is ready."""
-    for replica, when in zip(replicas, at):
-        time.sleep(max(0.0, started + when - time.time()))
+def rolling_restart(replicas: list[Replica], started: float, first_at: float) -> None:
+    """Restart each replica in turn: SIGTERM, wait for its exit, start it, wait until it is ready; the next one
+    SETTLE_S after."""
+    time.sleep(max(0.0, started + first_at - time.time()))
+    for replica in replicas:
         t0 = time.time()
         code = replica.terminate()
         t1 = time.time()
@@ -153,15 +157,18 @@ def run(args: argparse.Namespace) -> dict:
         wait_ready(front_url, 30, proxy, interval=0.05)
         load_env = {"CAPSNET_DIGITS": str(digits.resolve()), "CAPSNET_LOAD_IMAGES": "1", "CAPSNET_LOAD_BODY": "octets"}
         result: dict = {}
-        load = threading.Thread(target=lambda: result.update(swarm(front_url, args.users, args.seconds, args.out,
-                                                                  load_env)))
+        stop = threading.Event()
+        load = threading.Thread(target=lambda: result.update(swarm(front_url, args.users, BOUND_S, args.out,
+                                                                  load_env, stop=stop)))
         started = time.time()
         load.start()
         if args.mode == "rolling":
-            rolling_restart(replicas, started, [0.15 * args.seconds, 0.55 * args.seconds])
+            rolling_restart(replicas, started, 0.15 * args.seconds)
         else:
             kill_and_replace(replicas[0], started, 0.25 * args.seconds, probe)
         events_done = time.time() - started
+        time.sleep(max(TAIL_S, started + args.seconds - time.time()))
+        stop.set()
         load.join()
     finally:
         if proxy is not None:
@@ -169,9 +176,9 @@ def run(args: argparse.Namespace) -> dict:
             proxy.wait()
         for replica in replicas:
             replica.close()
-    report = {"mode": args.mode, "replicas": len(replicas), "users": args.users, "seconds": args.seconds,
-              "drain_seconds": args.drain_seconds, "events_finished_at_s": round(events_done, 2),
-              "events_within_run": events_done <= args.seconds,
+    report = {"mode": args.mode, "replicas": len(replicas), "users": args.users,
+              "seconds": result.get("duration_s"), "drain_seconds": args.drain_seconds,
+              "events_finished_at_s": round(events_done, 2),
               "requests": result.get("requests", 0), "failures": result.get("failures"),
               "requests_per_s": result.get("requests_per_s"), "p50_ms": result.get("p50_ms"),
               "p99_ms": result.get("p99_ms"), "events": [e | {"replica": r.name} for r in replicas for e in r.events],
@@ -210,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtest.replicas", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--mode", choices=MODES, default="rolling", help="rolling restart, or one replica SIGKILLed")
-    p.add_argument("--seconds", type=int, default=60, help="length of the Locust run")
+    p.add_argument("--seconds", type=int, default=60,
+                   help=f"the Locust run's least length (it goes on until the events have finished, and {TAIL_S:g} s more)")
     p.add_argument("--users", type=int, default=8, help="Locust users, one digit per request")
     p.add_argument("--drain-seconds", type=float, default=5.0, help="the replicas' CAPSNET_DRAIN_SECONDS")
     p.add_argument("--model", type=Path, default=Path("models/capsnet-mnist.onnx"), help="the fp32 ONNX file served")
@@ -226,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args)
     print(summary(report))
     print(f"report: {args.out / 'report.json'}")
-    if args.mode == "rolling" and (report["failures"] != 0 or not report["events_within_run"]):
+    if args.mode == "rolling" and report["failures"] != 0:
         return 1
     return 0
 

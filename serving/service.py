@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sys
 import typing as t
-from pathlib import Path
 
 import bentoml
 from pydantic import WithJsonSchema

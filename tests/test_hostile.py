@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -29,7 +31,19 @@ def png(image: Image.Image) -> bytes:
 
 
 NOISE_PNG = png(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)))
-BOMB_PNG = png(Image.new("1", (20000, 20000)))  # ~50 kB on the wire, 400 MB if decoded
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims width x height pixels in its header (which is all the service reads before it refuses
+    one too large), with one empty data chunk: a pixel bomb, built in microseconds."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grey
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+BOMB_PNG = png_header(20000, 20000)  # 400 M pixels claimed in 60 bytes
 
 class Chunked:
     """A body sent with Transfer-Encoding: chunked (no Content-Length): the gate must count as it reads."""
