@@ -22,10 +22,11 @@
 # `scripts/gpu-run.sh --only install` in one call, then `scripts/gpu-run.sh --only affnist --budget 590`.
 # --only runs just the named steps (install included only when named).
 #
-# A step runs only if the time left in --budget (default 780 s: the device's 15 minutes less its start) allows
-# its bound; each step's log, its JSON and a line in steps.jsonl (name, exit code, seconds, or why skipped) go
-# into --out (default $OUT, else runs/gpu). --dry-run is what `make test` runs: the same steps on the CPU,
-# tiny sizes, seconds each, and no install.
+# A step runs only if the time left in --budget allows its bound (default 780 s: the device's 15 minutes less its
+# start; a dry run has no budget unless given one: its steps take what the CPU under them takes). Each step's
+# log, its JSON and a line in steps.jsonl (name, exit code, seconds, or why skipped) go into --out (default
+# $OUT, else runs/gpu). --dry-run is what `make test` runs: the same steps on the CPU, tiny sizes, seconds
+# each, and no install.
 #
 # On the device (a fresh copy of the working tree each call; at most 64 MiB of ignored paths carried): after
 # `make gpu-stage` (6 parts of at most 60 MiB, 333 MB in all on 2026-12-02), one call per part, carrying
@@ -37,7 +38,7 @@ cd "$(dirname "$0")/.."
 dry=0
 out=${OUT:-runs/gpu}
 runs=${RUNS:-runs/gpu-experiments}
-budget=780
+budget=""
 bundle=/tmp/gb
 only=""
 while [ $# -gt 0 ]; do
@@ -52,6 +53,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+[ -n "$budget" ] || budget=$([ "$dry" = 1 ] && echo 1000000 || echo 780)
 mkdir -p "$out"
 : > "$out/steps.jsonl"
 PY=${PYTHON:-python3}

@@ -51,6 +51,13 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+def has_vnni() -> bool:
+    """Whether this x86-64 CPU multiplies u8 by s8 in 32 bits (VNNI, AMX); without it ONNX Runtime's AVX2 kernels
+    add pairs of products in 16 bits, which saturate, and the int8 file's answers move (docs/export.md)."""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return any(flag in flags.split() for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
     ensure_mnist(ROOT / DEFAULT_ROOT)

@@ -1,13 +1,22 @@
 import asyncio
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
 
 from mnist import read_split
+from serving.app import Bound, Front
 from serving.batching import BATCHERS, MicroBatcher
 from serving.errors import Overloaded
+from serving.lifecycle import Drain
+from serving.routes import Routes
 from serving.runtime import CapsNetRuntime
+from serving.settings import Settings
+from serving.v2 import OpenInference
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +64,31 @@ def test_bentomls_dispatcher_splits_a_request_over_the_cap_and_joins_its_rows(ru
     assert max(batcher.batch_sizes) <= 8 and sum(batcher.batch_sizes) == 20
 
 
+class Held:
+    """The runtime, whose runs wait until `release` is set; `running` is set when one has started. With it a test
+    knows a batch is running because it is told, not because some milliseconds have passed."""
+
+    def __init__(self, runtime: CapsNetRuntime) -> None:
+        self.runtime, self.image_size = runtime, runtime.image_size
+        self.running, self.release = threading.Event(), threading.Event()
+
+    def predict(self, images: np.ndarray):
+        self.running.set()
+        assert self.release.wait(120), "never released"
+        return self.runtime.predict(images)
+
+
 def test_a_request_cancelled_while_it_waits_never_runs(runtime):
-    batcher = MicroBatcher(runtime)
+    held = Held(runtime)
+    batcher = MicroBatcher(held)
     big = np.random.default_rng(0).random((256, 1, 28, 28), dtype=np.float32)
 
     async def scenario():
         busy = asyncio.ensure_future(batcher.predict_async(big))  # occupies the batcher's thread
-        await asyncio.sleep(0.05)
+        await asyncio.to_thread(held.running.wait, 120)
         with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(batcher.predict_async(big[:5]), 0.01)  # its client gave up
+            await asyncio.wait_for(batcher.predict_async(big[:5]), 0.01)  # its client gave up while it waited
+        held.release.set()
         await busy
         return await batcher.predict_async(big[:3])
 
@@ -78,22 +103,44 @@ def test_a_lone_request_runs_at_once_alone(runtime, mnist_root):
     assert batcher.batch_sizes == [2]
 
 
+def wait_for(condition, bound: float = 120) -> None:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < bound, "waited past the bound"
+        time.sleep(0.005)
+
+
 def test_a_full_queue_refuses_at_once(runtime):
-    batcher = MicroBatcher(runtime, max_waiting=1)
-    big = np.random.default_rng(0).random((256, 1, 28, 28), dtype=np.float32)
-    outcomes = []
+    """One batch running, one request waiting (max_waiting=1): the next is refused at once, and it recovers."""
+    held = Held(runtime)
+    batcher = MicroBatcher(held, max_waiting=1)
+    digit = np.zeros((1, 1, 28, 28), np.float32)
+    running = batcher.submit(digit)
+    held.running.wait(120)
+    waiting = batcher.submit(digit)
+    with pytest.raises(Overloaded, match="1 requests are already waiting"):
+        batcher.submit(digit)
+    held.release.set()
+    assert running.result(120).labels.shape == waiting.result(120).labels.shape == (1,)
+    assert batcher.predict(digit).labels.shape == (1,)
 
-    def send(_):
-        try:
-            batcher.predict(big)
-            outcomes.append("ok")
-        except Overloaded:
-            outcomes.append("overloaded")
 
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(send, range(8)))
-    assert "overloaded" in outcomes and "ok" in outcomes
-    assert batcher.predict(big[:1]).labels.shape == (1,)  # and it recovers
+def test_a_full_queue_is_answered_503_over_http(runtime):
+    """The batcher's refusal as a client sees it, through the route table: 503 and its reason."""
+    held = Held(runtime)
+    batcher, settings = MicroBatcher(held, max_waiting=1), Settings.from_env()
+    worker = Bound()
+    worker.bind(Routes(runtime, batcher, settings), OpenInference(runtime, batcher, settings, ready=lambda: True))
+    body = {"images": np.zeros((1, 28, 28)).tolist()}
+    with TestClient(Front(Starlette(), worker, Drain(5, 10))) as client, ThreadPoolExecutor(2) as pool:
+        first = pool.submit(client.post, "/classify", json=body)
+        held.running.wait(120)
+        second = pool.submit(client.post, "/classify", json=body)
+        wait_for(lambda: batcher.waiting.qsize() == 1)
+        refused = client.post("/classify", json=body)
+        assert refused.status_code == 503 and "already waiting" in refused.json()["error"]
+        held.release.set()
+        assert first.result(120).status_code == second.result(120).status_code == 200
 
 
 def test_a_request_larger_than_the_cap_runs_alone_and_is_not_merged(runtime, mnist_root):

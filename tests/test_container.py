@@ -130,6 +130,7 @@ def test_metadata_says_int8_on_the_cpu(running):
     _, url = running
     info = httpx.post(url + "/metadata", timeout=30).json()
     assert (info["variant"], info["providers"][0]) == ("int8", "CPUExecutionProvider")
+    assert info["threads_per_worker"] == 1  # CAPSNET_THREADS=1, passed by make container-run, reached the worker
 
 
 def test_real_digits_as_json_and_as_raw_float32_agree_with_onnx_runtime_here(running, digits):

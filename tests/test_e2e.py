@@ -20,17 +20,31 @@ from tests.conftest import ROOT
 from tests.test_hostile import CASES, JSON, OCTETS
 
 
-def test_metrics_count_the_requests_served(service_url):
+def test_metrics_count_every_kind_of_request(service_url):
+    """BentoML's request counter sees what our route table answers (/classify as JSON and raw, uploads, v2) as
+    well as what BentoML's own API answers (/reconstruct)."""
+    image = np.zeros((1, 28, 28), np.float32)
+    requests = {
+        "/classify": [{"json": {"images": image.tolist()}},
+                      {"content": image.tobytes(), "headers": OCTETS}],
+        "/classify_image": [{"files": {"image": ("d.png", (ROOT / "docs" / "examples" / "digit.png").read_bytes())}}],
+        "/v2/models/capsnet/infer": [{"json": {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
+                                                           "data": image.ravel().tolist()}]}}],
+        "/reconstruct": [{"json": {"images": image.tolist()}}],
+    }
+
+    def served(text: str, endpoint: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("bentoml_service_request_total{") and f'endpoint="{endpoint}"' in line)
+
     before = httpx.get(service_url + "/metrics").text
-    assert httpx.post(service_url + "/reconstruct", json={"images": [[[0.0] * 28] * 28]}).status_code == 200
+    for endpoint, calls in requests.items():
+        for kwargs in calls:
+            assert httpx.post(service_url + endpoint, timeout=60, **kwargs).status_code == 200, endpoint
     metrics = httpx.get(service_url + "/metrics")
     assert metrics.status_code == 200 and "# TYPE" in metrics.text
-
-    def served(text: str) -> float:
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("bentoml_service_request_total{") and 'endpoint="/reconstruct"' in line)
-
-    assert served(metrics.text) == served(before) + 1
+    for endpoint, calls in requests.items():
+        assert served(metrics.text, endpoint) == served(before, endpoint) + len(calls), endpoint
 
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])

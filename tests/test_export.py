@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from export.artifact import OUTPUTS, variant_path
-from export.onnx_export import VerificationError, export_onnx, report_path, verify
+from export.onnx_export import export_onnx, report_path
 from tests.conftest import ROOT
 from training.checkpoint import load_weights
 from training.data import load_split
@@ -87,8 +87,8 @@ def test_export_removes_variants_it_did_not_make(tiny_run, tmp_path, mnist_root)
     out = tmp_path / "capsnet.onnx"
     for name in ("int8", "fp16"):
         variant_path(out, name).write_bytes(b"a variant of older weights")
-    run = run_export("--checkpoint", tiny_run / "checkpoint.safetensors", "--out", out, "--accuracy-digits", 200,
-                     "--verify-digits", 200, "--data", mnist_root, "--variants")
+    run = run_export("--checkpoint", tiny_run / "checkpoint.safetensors", "--out", out, "--accuracy-digits", 50,
+                     "--verify-digits", 50, "--data", mnist_root, "--variants")
     assert run.returncode == 0, run.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["capsnet-decoder.onnx", "capsnet.onnx", "capsnet.verify.json",
                                                           "triton"]
@@ -110,7 +110,7 @@ def test_a_graph_that_disagrees_fails_the_cli_and_writes_nothing(tiny_run, tmp_p
     monkeypatch.setattr(export.onnx_export, "torch_outputs", perturbed)
     out = tmp_path / "artifacts" / "capsnet.onnx"
     code = main(["--checkpoint", str(tiny_run / "checkpoint.safetensors"), "--out", str(out),
-                 "--accuracy-digits", "100", "--verify-digits", "100", "--data", str(mnist_root)])
+                 "--accuracy-digits", "50", "--verify-digits", "50", "--data", str(mnist_root)])
     assert code == 1
     assert "export FAILED verification: onnxruntime batch 1: max |d lengths|" in capsys.readouterr().err
     assert list(out.parent.iterdir()) == []
@@ -181,16 +181,6 @@ def test_the_decoder_graph_redraws_a_digit_from_any_pose(exported, tiny_run, mni
     assert np.abs(got - want).max() < 1e-6 and np.abs(got - recon).max() > 1e-3  # a tiny model moves little
 
 
-def test_verification_fails_when_the_graph_differs_from_the_weights(tiny_run, tmp_path, mnist_root):
-    model, _ = load_weights(tiny_run / "checkpoint.safetensors")
-    out = export_onnx(model, tmp_path / "m.onnx")
-    with torch.no_grad():
-        model.digit_caps.W.mul_(3.0)  # the "PyTorch" side now disagrees with the exported graph
-    x, y = load_split("test", mnist_root, 32)
-    with pytest.raises(VerificationError, match="max \\|d lengths\\|"):
-        verify(out, model, x.numpy(), y.numpy())
-
-
 def test_onnx_runs_at_any_batch_size(exported):
     import onnxruntime as ort
 
@@ -249,4 +239,4 @@ def test_a_reduced_range_int8_file_is_computed_as_its_graph_says_on_any_cpu(expo
                             "--calibration-digits", "100", "--data", str(mnist_root)])
     assert [row["reduce_range"] for row in rows] == [False, True]
     assert rows[1]["max_abs_diff_against_graph"] <= int8_range.ROUNDING
-    assert all(0.0 <= row["accuracy"] <= 1.0 for row in rows)
+    assert abs(rows[0]["accuracy"] - rows[1]["accuracy"]) <= 0.04  # two digits of 50: both ranges mean one model

@@ -51,32 +51,21 @@ def test_the_derived_slo_is_the_queues_time_at_the_models_own_speed():
     assert derived_slo_ms(16, 8, 1000.0) < derived_slo_ms(16, 8, 500.0)  # a faster machine, a tighter bound
 
 
-def test_a_missed_slo_fails_the_command_and_locust_runs_in_several_processes(served_onnx, tmp_path, mnist_root):
-    """Also the JSON body, one digit per request, on the fp32 model, Locust in two processes."""
+def test_failed_requests_and_a_missed_slo_fail_the_command(served_onnx, tmp_path, mnist_root, monkeypatch):
+    """A service that may hold one request at a time refuses most of 8 users' requests (429), and no p99 meets
+    0.001 ms: exit 1, both said. Also the JSON body, one digit per request, the fp32 model, Locust in two processes."""
+    monkeypatch.setenv("BENTOML_CONFIG_OPTIONS", "services.capsnet.traffic.max_concurrency=1")
     out = tmp_path / "lt"
-    run = run_loadtest(served_onnx, out, mnist_root, "--users", "4", "--duration", "5", "--slo-users", "4",
+    run = run_loadtest(served_onnx, out, mnist_root, "--users", "8", "--duration", "5", "--slo-users", "8",
                        "--slo-p99-ms", "0.001", "--body", "json", "--images-per-request", "1", "--variant", "fp32",
                        "--locust-processes", "2")
     assert run.returncode == 1
-    assert "FAILED: p99" in run.stderr
+    assert re.search(r"FAILED: \d+ failed requests; p99 \d+ ms at 8 users > 0 ms", run.stderr), run.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert not summary["slo"]["passed"] and summary["variant"] == "fp32" and summary["body"] == "json"
     [step] = summary["steps"]
-    assert step["failures"] == 0 and step["requests"] > 20 and summary["slo"]["failures"] == 0
+    assert 0 < step["failures"] == summary["slo"]["failures"] and step["requests"] > step["failures"]
     assert step["locust_processes"] == 2 and step["locust_cpu_cores"] > 0
-
-
-def test_failed_requests_fail_the_command(served_onnx, tmp_path, mnist_root, monkeypatch):
-    """A service that may hold one request at a time refuses most of 8 users' requests (429): exit 1."""
-    monkeypatch.setenv("BENTOML_CONFIG_OPTIONS", "services.capsnet.traffic.max_concurrency=1")
-    out = tmp_path / "lt"
-    run = run_loadtest(served_onnx, out, mnist_root, "--users", "8", "--duration", "4", "--slo-users", "8",
-                       "--slo-p99-ms", "60000", "--images-per-request", "16")
-    assert run.returncode == 1
-    assert re.search(r"FAILED: \d+ failed requests", run.stderr), run.stderr[-2000:]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"][0]["failures"] > 0 and summary["slo"]["failures"] == summary["steps"][0]["failures"]
-    assert not summary["slo"]["passed"]
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -200,3 +200,21 @@ def test_a_relative_capsnet_model_is_taken_from_the_project_not_the_callers_fold
     assert model_path("artifacts/capsnet.onnx") == ROOT / "artifacts" / "capsnet.onnx"
     assert model_path(str(tmp_path / "elsewhere.onnx")) == tmp_path / "elsewhere.onnx"
     assert model_path("") == ROOT / "models" / "capsnet-mnist.onnx"
+
+
+def test_the_thread_setting_takes_effect(served_onnx):
+    """CAPSNET_THREADS reaches ONNX Runtime: a session with 4 intra-op threads starts 3 pool threads beside the
+    caller's (and says so); with 1, none. (The container is started with CAPSNET_THREADS=1, and its /metadata says
+    1 thread per worker: tests/test_container.py.)"""
+    import psutil
+
+    me = psutil.Process()
+    counts = {}
+    for threads in (1, 4):
+        before = me.num_threads()
+        runtime = CapsNetRuntime(served_onnx, device="cpu", threads=threads, variant="fp32")
+        counts[threads] = me.num_threads() - before
+        assert runtime.session.get_session_options().intra_op_num_threads == threads
+        assert runtime.describe()["threads_per_worker"] == threads
+        del runtime
+    assert counts[4] - counts[1] == 3, counts
