@@ -7,13 +7,13 @@ the served file's metadata (`cpu_best_batch`), so that merging never makes the m
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from export.artifact import CLASSIFY_OUTPUTS, INPUT, cpu_session
+from timing import by_batch
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SECONDS_PER_BATCH = 0.3
@@ -23,16 +23,7 @@ def images_per_s(onnx_path: Path | str, images: np.ndarray, batches: tuple[int, 
                  seconds: float = SECONDS_PER_BATCH) -> dict[int, float]:
     """Images/s of /classify's run (lengths and reconstruction) at each batch size, ONNX Runtime's default threads."""
     session = cpu_session(onnx_path)
-    rates = {}
-    for batch in batches:
-        x = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
-        session.run(list(CLASSIFY_OUTPUTS), {INPUT: x})  # warm-up
-        done, started = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - started) < seconds:
-            session.run(list(CLASSIFY_OUTPUTS), {INPUT: x})
-            done += batch
-        rates[batch] = round(done / elapsed, 1)
-    return rates
+    return by_batch(lambda x: session.run(list(CLASSIFY_OUTPUTS), {INPUT: x}), images, batches, seconds)
 
 
 def best_batch_metadata(onnx_path: Path | str, images: np.ndarray, seconds: float = SECONDS_PER_BATCH

@@ -32,7 +32,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -41,10 +40,12 @@ import numpy as np
 import psutil
 
 from loadtest.flame import self_time_by_package
-from loadtest.server import children_cpu_seconds, free_port, stop_tree, wait_ready
+from loadtest.server import bentoml_serve, children_cpu_seconds, free_port, started
 from mnist import DEFAULT_ROOT, read_split
 from serving.batching import BATCHERS
-from serving.runtime import CapsNetRuntime, read_metadata
+from serving.runtime import CapsNetRuntime
+from serving.sessions import read_metadata
+from timing import images_per_s
 
 BODIES = {"1 digit, JSON": (1, "json"), "1 digit, raw float32": (1, "raw"), "8 digits, raw float32": (8, "raw")}
 IN_PROCESS_BATCHES = (1, 8, 16, 32, 64)
@@ -78,12 +79,7 @@ class InProcess:
         before = os.sched_getaffinity(0)
         os.sched_setaffinity(0, self.cores)
         try:
-            self.runtime.predict(self.images[:batch])
-            done, started = 0, time.perf_counter()
-            while time.perf_counter() - started < seconds:
-                self.runtime.predict(self.images[:batch])
-                done += batch
-            return done / (time.perf_counter() - started)
+            return images_per_s(self.runtime.predict, self.images[:batch], seconds)
         finally:
             os.sched_setaffinity(0, before)
 
@@ -93,28 +89,20 @@ def server(kind: str, model: Path, variant: str, service_cores: set[int], log: P
            batcher: str = "ours") -> Iterator[tuple[str, int]]:
     """The service or the baseline, pinned with taskset; yields its URL and pid."""
     port = free_port()
-    pin = ["taskset", "-c", ",".join(map(str, sorted(service_cores)))]
     threads = str(max(1, len(service_cores) // workers))
     if kind == "service":
-        command = pin + [sys.executable, "-m", "bentoml", "serve", "serving.service:CapsNet", "--host", "127.0.0.1",
-                         "--port", str(port)]
+        command = bentoml_serve(port)
         env = {"CAPSNET_MODEL": str(model), "CAPSNET_VARIANT": variant, "CAPSNET_DEVICE": "cpu",
                "CAPSNET_WORKERS": str(workers), "CAPSNET_THREADS": threads, "CAPSNET_BATCHER": batcher,
                "BENTOML_HOME": str(log.parent / "bentoml")}
     else:
         # the variant's file as the service finds it: named in the fp32 file's `variants` metadata
         file = model if variant == "fp32" else model.with_name(json.loads(read_metadata(model)["variants"])[variant])
-        command = pin + [sys.executable, "-m", "loadtest.reference", "--model", str(file), "--port", str(port),
-                         "--threads", threads]
+        command = [sys.executable, "-m", "loadtest.reference", "--model", str(file), "--port", str(port),
+                   "--threads", threads]
         env = {}
-    with open(log, "w") as out:
-        proc = subprocess.Popen(command, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            wait_ready(f"http://127.0.0.1:{port}", 180, proc)
-            yield f"http://127.0.0.1:{port}", proc.pid
-        finally:
-            stop_tree(proc)
+    with started(command, port, env, log, cores=service_cores) as proc:
+        yield f"http://127.0.0.1:{port}", proc.pid
 
 
 def cpu_seconds(pid: int) -> float:

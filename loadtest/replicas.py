@@ -20,7 +20,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -31,7 +30,7 @@ import numpy as np
 import psutil
 
 from loadtest.run import prepare_digits, swarm
-from loadtest.server import HOST, SERVICE, free_port, stop_tree, wait_ready
+from loadtest.server import HOST, bentoml_serve, free_port, start, stop_tree, wait_ready
 from mnist import DEFAULT_ROOT
 from serving.runtime import CapsNetRuntime
 
@@ -57,10 +56,7 @@ class Replica:
         return f"http://{HOST}:{self.port}"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", HOST, "--port", str(self.port)],
-            env={**os.environ, **self.env}, stdout=open(self.log, "a"), stderr=subprocess.STDOUT,
-            start_new_session=True)
+        self.proc = start(bentoml_serve(self.port), self.env, open(self.log, "a"))
 
     def wait_ready(self, timeout: float = 120) -> None:
         wait_ready(self.url, timeout, self.proc, interval=0.05)

@@ -31,6 +31,7 @@ from loadtest.server import children_cpu_seconds, running_service
 from serving.limits import MAX_BATCH
 from serving.runtime import CapsNetRuntime
 from serving.settings import VARIANTS
+from timing import by_batch
 from mnist import DEFAULT_ROOT, read_split
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -48,15 +49,7 @@ LOCUST_BUSY = 0.9  # of a core per Locust process: at or above it, Locust may be
 
 def in_process_images_per_s(runtime: CapsNetRuntime, images: np.ndarray, seconds: float = 1.5) -> dict[int, float]:
     """Images/s of runtime.predict alone, per batch size (batch sizes up to len(images))."""
-    rates = {}
-    for batch in (b for b in IN_PROCESS_BATCHES if b <= len(images)):
-        runtime.predict(images[:batch])
-        done, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            runtime.predict(images[:batch])
-            done += batch
-        rates[batch] = round(done / (time.perf_counter() - started), 1)
-    return rates
+    return by_batch(runtime.predict, images, tuple(b for b in IN_PROCESS_BATCHES if b <= len(images)), seconds)
 
 
 def read_stats(stats_csv: Path) -> dict:

@@ -1,4 +1,10 @@
-"""Start `bentoml serve` as a real subprocess on a loopback port and wait until it is ready."""
+"""The one way the project starts a server process and stops it: `bentoml serve` for the load tests, the
+experiments, the scripts and the tests, and the peers and the hand-written baseline beside it.
+
+`started` starts any server command (optionally pinned to cores with taskset) in a session of its own, waits
+until its health route answers 200 (an event, with a bound), and stops it and every process it started
+afterwards; `running_service` is that for `bentoml serve`.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 import psutil
 
@@ -34,19 +40,55 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(url: str, timeout: float, proc: subprocess.Popen | None = None, interval: float = 0.5) -> None:
+def wait_ready(url: str, timeout: float, proc: subprocess.Popen | None = None, interval: float = 0.05,
+               path: str = "/readyz") -> None:
+    """Until url + path answers 200; RuntimeError if proc exits first, TimeoutError after `timeout` seconds."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the service exited with code {proc.returncode} before it was ready")
+            raise RuntimeError(f"the server exited with code {proc.returncode} before it was ready")
         try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
+            with urllib.request.urlopen(url + path, timeout=2) as r:
                 if r.status == 200:
                     return
         except OSError:
             pass
         time.sleep(interval)
-    raise TimeoutError(f"{url}/readyz not ready after {timeout:.0f} s")
+    raise TimeoutError(f"{url}{path} not ready after {timeout:.0f} s")
+
+
+def bentoml_serve(port: int, target: str = SERVICE, python: str = sys.executable) -> list[str]:
+    """The command that serves `target` on HOST:port."""
+    return [python, "-m", "bentoml", "serve", target, "--host", HOST, "--port", str(port)]
+
+
+def start(command: list[str], env: dict[str, str] | None, out: IO, cores: set[int] | None = None,
+          cwd: Path | None = None) -> subprocess.Popen:
+    """command in a session of its own (its output to `out`), pinned to `cores` when given."""
+    pin = ["taskset", "-c", ",".join(map(str, sorted(cores)))] if cores else []
+    return subprocess.Popen([*pin, *command], env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True, cwd=cwd)
+
+
+@contextlib.contextmanager
+def started(command: list[str], port: int, env: dict[str, str] | None = None, log: Path | None = None,
+            timeout: float = 180, ready: str = "/readyz", cores: set[int] | None = None, cwd: Path | None = None,
+            stop_timeout: float = 20) -> Iterator[subprocess.Popen]:
+    """A server process started with `start`, once HOST:port + `ready` answers 200; stopped with `stop_tree`
+    afterwards. If it is not ready in time, the error carries the end of its log."""
+    out = open(log, "w+") if log else tempfile.TemporaryFile("w+")
+    proc = start(command, env, out, cores, cwd)
+    try:
+        try:
+            wait_ready(f"http://{HOST}:{port}", timeout, proc, path=ready)
+        except (RuntimeError, TimeoutError) as err:
+            out.flush()
+            out.seek(0)
+            raise type(err)(f"{err}; the end of its log:\n{out.read()[-3000:]}") from None
+        yield proc
+    finally:
+        stop_tree(proc, stop_timeout)
+        out.close()
 
 
 @dataclass(frozen=True)
@@ -57,28 +99,12 @@ class Service:
 
 @contextlib.contextmanager
 def running_service(port: int | None = None, target: str = SERVICE, env: dict[str, str] | None = None,
-                    log: Path | None = None, timeout: float = 180, python: str = sys.executable
-                    ) -> Iterator[Service]:
-    """Yield a running `bentoml serve` process (URL and pid), run by `python`; stop its whole process group
-    afterwards. If it is not ready in time, the error carries the end of its log."""
+                    log: Path | None = None, timeout: float = 180, python: str = sys.executable,
+                    cores: set[int] | None = None) -> Iterator[Service]:
+    """A running `bentoml serve` process (URL and pid), run by `python`, stopped with all its workers afterwards."""
     port = port or free_port()
-    out = open(log, "w+") if log else tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen(
-        [python, "-m", "bentoml", "serve", target, "--host", HOST, "--port", str(port)],
-        env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://{HOST}:{port}"
-    try:
-        try:
-            wait_ready(url, timeout, proc)
-        except (RuntimeError, TimeoutError) as err:
-            out.flush()
-            out.seek(0)
-            raise type(err)(f"{err}; the end of its log:\n{out.read()[-3000:]}") from None
-        yield Service(url, proc.pid)
-    finally:
-        stop_tree(proc)
-        out.close()
+    with started(bentoml_serve(port, target, python), port, env, log, timeout, cores=cores) as proc:
+        yield Service(f"http://{HOST}:{port}", proc.pid)
 
 
 def stop_tree(proc: subprocess.Popen, timeout: float = 20) -> None:

@@ -15,7 +15,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from export.artifact import VARIANTS, variant_path  # noqa: E402
 from mnist import read_split  # noqa: E402
-from serving.runtime import create_session  # noqa: E402
+from serving.sessions import create_session  # noqa: E402
+from timing import images_per_s  # noqa: E402
 
 MODEL = ROOT / "models" / "capsnet-mnist.onnx"
 NODE_SCRIPT = ROOT / "clients" / "js" / "classify.mjs"
@@ -44,13 +44,8 @@ def in_chunks(run: Lengths, images: np.ndarray) -> np.ndarray:
     return np.concatenate([run(images[i:i + CHUNK]) for i in range(0, len(images), CHUNK)])
 
 
-def images_per_s(run: Lengths, images: np.ndarray, batch: int, seconds: float = 3.0) -> int:
-    run(images[:batch])  # warm-up
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        run(images[:batch])
-        done += batch
-    return round(done / (time.perf_counter() - started))
+def rate(run: Lengths, images: np.ndarray, batch: int, seconds: float = 3.0) -> int:
+    return round(images_per_s(run, images[:batch], seconds))
 
 
 def onnxruntime_lengths(path: Path) -> Lengths:
@@ -104,7 +99,7 @@ def measure(digits: int) -> list[dict]:
                     run = (onnxruntime_lengths(path) if runtime == "onnxruntime" else
                            openvino_lengths(path, OPENVINO_CONFIG if runtime == "openvino" else {}))
                     lengths = in_chunks(run, images)
-                    speed = {str(b): images_per_s(run, images, b) for b in (1, 64)}
+                    speed = {str(b): rate(run, images, b) for b in (1, 64)}
             except Exception as err:  # noqa: BLE001 - a runtime that cannot load the file is a result
                 rows.append({**row, "loads": False, "error": str(err)[:300]})
                 continue

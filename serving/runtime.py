@@ -1,10 +1,11 @@
-"""ONNX Runtime inference for the exported CapsNet: the session, the device, the variant choice, predict.
+"""ONNX Runtime inference for the exported CapsNet: the graph check, the variant choice, predict and explain.
 
 Plain Python (numpy + onnxruntime), no BentoML and never torch, so it is testable on its own and
 the Bento stays small. It imports nothing from export/: the ONNX file is the contract. The input
 name comes from the session, the outputs it needs are checked at start-up, and the variants are
 the files that the fp32 graph's `variants` metadata names. Which file, device and variant to serve
-come from the caller (the service reads them once, serving/settings.py).
+come from the caller (the service reads them once, serving/settings.py); the sessions on that device from
+serving/sessions.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import numpy as np
 import onnxruntime as ort
 
 from serving.limits import IMAGE_SIZE, MAX_BATCH
-from serving.settings import check_device, check_variant
+from serving.sessions import create_session, on_cuda, read_metadata, wants_cuda
+from serving.settings import check_variant
 
 PREFERRED_VARIANT = {"cpu": "int8", "cuda": "fp16"}
 # the outputs the service reads, checked at start-up
@@ -30,67 +32,8 @@ NEEDED_OUTPUTS = {LENGTHS, POSES, RECONSTRUCTION, ROUTING_MAP, ROUTING_TYPES}
 log = logging.getLogger("capsnet")
 
 
-class DeviceError(RuntimeError):
-    """The requested execution device cannot be used."""
-
-
 class ModelError(RuntimeError):
     """The ONNX file is not the graph this service can serve."""
-
-
-def _gpu_present() -> bool:
-    return Path("/dev/nvidiactl").exists()
-
-
-def require_file(model_path: Path) -> None:
-    if not model_path.exists():
-        raise FileNotFoundError(f"{model_path}: no ONNX model here (run `make export`, or set CAPSNET_MODEL)")
-
-
-def wants_cuda(device: str) -> bool:
-    """Whether `device` means trying the CUDA provider; raises SettingsError for an unknown name."""
-    check_device(device)
-    return device == "cuda" or (device == "auto" and _gpu_present()
-                                and "CUDAExecutionProvider" in ort.get_available_providers())
-
-
-def create_session(model_path: Path, device: str = "auto", threads: int = 0) -> ort.InferenceSession:
-    """One ORT session on the asked device; 'cuda' raises DeviceError rather than run on the CPU.
-
-    With 'auto' the session may come back on the CPU provider when CUDA did not start: callers
-    check `session.get_providers()[0]`.
-    """
-    want_cuda = wants_cuda(device)
-    require_file(model_path)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if not want_cuda:
-        return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise DeviceError("CAPSNET_DEVICE=cuda, but this onnxruntime build has no CUDAExecutionProvider"
-                          " (install onnxruntime-gpu, and not onnxruntime beside it)")
-    if hasattr(ort, "preload_dlls"):
-        ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* pip packages, without torch
-    session = ort.InferenceSession(str(model_path), options,
-                                   providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-    if session.get_providers()[0] != "CUDAExecutionProvider" and device == "cuda":
-        raise DeviceError("CAPSNET_DEVICE=cuda, but the CUDA execution provider did not start (no GPU visible,"
-                          " or CUDA 13 / cuDNN 9 libraries missing); set CAPSNET_DEVICE=cpu to run on the CPU")
-    return session
-
-
-def on_cuda(session: ort.InferenceSession) -> bool:
-    return session.get_providers()[0] == "CUDAExecutionProvider"
-
-
-def read_metadata(model_path: Path) -> dict[str, str]:
-    """The ONNX file's metadata_props, read through a session that optimizes nothing."""
-    require_file(model_path)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    return dict(session.get_modelmeta().custom_metadata_map)
 
 
 def check_graph(session: ort.InferenceSession, model_path: Path) -> tuple[str, int]:
@@ -129,15 +72,6 @@ def variant_files(fp32_path: Path, fp32_metadata: dict[str, str]) -> dict[str, P
     """fp32 and each variant its metadata names whose file exists: {variant: path}."""
     listed = _listed_variants(fp32_path, fp32_metadata)
     return {"fp32": fp32_path, **{name: path for name, path in listed.items() if path.exists()}}
-
-
-ONNX_TO_PROTOCOL = {"tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(int64)": "INT64"}
-
-
-def tensor_specs(args: list[Any]) -> list[dict[str, Any]]:
-    """ONNX Runtime's NodeArgs as the Open Inference Protocol states tensors: name, datatype, shape (-1: any size)."""
-    return [{"name": a.name, "datatype": ONNX_TO_PROTOCOL.get(a.type, a.type),
-             "shape": [d if isinstance(d, int) else -1 for d in a.shape]} for a in args]
 
 
 def open_variant(fp32_path: Path, variant: str = "auto", device: str = "auto", threads: int = 0) -> Choice:
@@ -242,10 +176,6 @@ class CapsNetRuntime:
     def run(self, outputs: list[str], images: np.ndarray) -> list[np.ndarray]:
         """The named outputs of the graph for images (float32 (N, 1, S, S), already validated)."""
         return self.session.run(outputs, {self.input_name: images})
-
-    def signature(self) -> dict[str, list[dict[str, Any]]]:
-        """The graph's inputs and outputs: name, datatype and shape, read from the session."""
-        return {"inputs": tensor_specs(self.session.get_inputs()), "outputs": tensor_specs(self.session.get_outputs())}
 
     def explain(self, images: np.ndarray) -> Explanation:
         """images: float32 (N, 1, S, S), already validated."""

@@ -24,7 +24,8 @@ from serving.errors import answered
 from serving.lifecycle import Drain
 from serving.limits import MAX_CONCURRENCY
 from serving.routes import Routes
-from serving.runtime import CapsNetRuntime, DeviceError, ModelError
+from serving.runtime import CapsNetRuntime, ModelError
+from serving.sessions import DeviceError
 from serving.settings import Settings, SettingsError
 from serving.v2 import OpenInference
 

@@ -148,6 +148,21 @@ def infer_response(model: str, version: str, request_id: Any, tensors: list[Tens
                     headers={"Inference-Header-Content-Length": str(len(head))})
 
 
+ONNX_TO_PROTOCOL = {"tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(int64)": "INT64"}
+
+
+def tensor_specs(args: list[Any]) -> list[dict[str, Any]]:
+    """ONNX Runtime's NodeArgs as the Open Inference Protocol states tensors: name, datatype, shape (-1: any size)."""
+    return [{"name": a.name, "datatype": ONNX_TO_PROTOCOL.get(a.type, a.type),
+             "shape": [d if isinstance(d, int) else -1 for d in a.shape]} for a in args]
+
+
+def signature(runtime: CapsNetRuntime) -> dict[str, list[dict[str, Any]]]:
+    """The served graph's inputs and outputs: name, datatype and shape, read from its session."""
+    session = runtime.session
+    return {"inputs": tensor_specs(session.get_inputs()), "outputs": tensor_specs(session.get_outputs())}
+
+
 class OpenInference:
     """One worker's v2 routes: the served runtime and batcher, and the other versions' runtimes on demand."""
 
@@ -159,7 +174,7 @@ class OpenInference:
         self.files: dict[str, Path] = runtime.variant_files  # read from the fp32 file's metadata once, at start-up
         self.others: dict[str, CapsNetRuntime] = {runtime.variant: runtime}
         self.lock = threading.Lock()
-        self.signature = runtime.signature()
+        self.signature = signature(runtime)
         self.output_names = [o["name"] for o in self.signature["outputs"]]
 
     def versions(self) -> list[str]:

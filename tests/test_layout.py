@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("mnist", "training", "export", "serving", "loadtest", "experiments")
+PACKAGES = ("timing", "mnist", "training", "export", "serving", "loadtest", "experiments")
 # package -> top-level modules it must not import, anywhere in its files (inside functions too)
 FORBIDDEN = {
+    "timing": {"torch", "mnist", "training", "export", "serving", "loadtest", "experiments"},  # used by all
     "mnist": {"torch", "training", "export", "serving", "loadtest", "experiments"},
     "training": {"export", "serving", "loadtest", "experiments"},
     "export": {"serving", "loadtest", "experiments"},
-    "serving": {"torch", "torchvision", "training", "export", "loadtest", "mnist", "experiments"},
+    "serving": {"torch", "torchvision", "training", "export", "loadtest", "mnist", "experiments", "timing"},
     "loadtest": {"torch", "torchvision", "training", "export", "experiments"},
     "experiments": {"serving"},  # it reaches the service the way a user does: a process and HTTP
 }

@@ -7,7 +7,8 @@ from export.artifact import variant_path
 from mnist import read_split
 from serving.errors import InvalidInput, TooLarge
 from serving.routes import validate_images
-from serving.runtime import CapsNetRuntime, DeviceError, ModelError, create_session
+from serving.runtime import CapsNetRuntime, ModelError
+from serving.sessions import DeviceError, create_session
 from serving.settings import SettingsError, model_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,7 +144,7 @@ def test_auto_with_a_cuda_provider_that_does_not_start_serves_the_cpu_variant(se
 
     if Path("/dev/nvidiactl").exists():
         pytest.skip("a GPU is present here")
-    monkeypatch.setattr("serving.runtime._gpu_present", lambda: True)  # as on a GPU host whose CUDA is broken
+    monkeypatch.setattr("serving.sessions._gpu_present", lambda: True)  # as on a GPU host whose CUDA is broken
     runtime = CapsNetRuntime(served_onnx, device="auto")
     assert runtime.variant == "int8" and runtime.providers == ["CPUExecutionProvider"]
     assert "did not start; serving on the CPU" in runtime.describe()["warnings"][0]

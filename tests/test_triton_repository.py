@@ -9,6 +9,7 @@ from tritonclient.grpc import model_config_pb2
 
 from export.triton import MAX_BATCH_SIZE, config_text
 from serving.limits import MAX_BATCH
+from serving.v2 import signature as served_signature
 from serving.runtime import CapsNetRuntime
 from tests.conftest import PUBLISHED_ONNX
 
@@ -23,7 +24,7 @@ def test_the_config_parses_with_tritons_schema_and_matches_the_onnx_file():
     config = parsed()
     assert (config.name, config.backend, config.max_batch_size) == ("capsnet", "onnxruntime", MAX_BATCH)
     assert MAX_BATCH_SIZE == MAX_BATCH and config.HasField("dynamic_batching")
-    signature = CapsNetRuntime(PUBLISHED_ONNX, device="cpu", variant="fp32").signature()
+    signature = served_signature(CapsNetRuntime(PUBLISHED_ONNX, device="cpu", variant="fp32"))
 
     def declared(tensors) -> list[dict]:
         return [{"name": t.name, "datatype": model_config_pb2.DataType.Name(t.data_type).removeprefix("TYPE_"),

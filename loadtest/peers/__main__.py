@@ -38,7 +38,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from loadtest.pinned import InProcess, combine, cpu_seconds, in_process_summary, wrk
-from loadtest.server import free_port, stop_tree, wait_ready
+from loadtest.server import bentoml_serve, free_port, started
 from mnist import DEFAULT_ROOT, read_split
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,12 +122,12 @@ class Peer:
     def command(self, model: Path, port: int, threads: int, peers_python: str) -> tuple[list[str], dict[str, str]]:
         python = peers_python if self.package else sys.executable
         if self.name == "service":
-            return ([python, "-m", "bentoml", "serve", "serving.service:CapsNet", "--host", "127.0.0.1", "--port", str(port)],
+            return (bentoml_serve(port, python=python),
                     {"CAPSNET_MODEL": str(model), "CAPSNET_VARIANT": "int8", "CAPSNET_DEVICE": "cpu",
                      "CAPSNET_WORKERS": "1", "CAPSNET_THREADS": str(threads)})
         if self.name == "bentoml":
-            return ([python, "-m", "bentoml", "serve", "loadtest.peers.bentoml_peer:Peer", "--host", "127.0.0.1",
-                     "--port", str(port)], {"PEER_MODEL": str(int8_file(model)), "PEER_THREADS": str(threads)})
+            return (bentoml_serve(port, "loadtest.peers.bentoml_peer:Peer", python),
+                    {"PEER_MODEL": str(int8_file(model)), "PEER_THREADS": str(threads)})
         module = "loadtest.reference" if self.name == "reference" else f"loadtest.peers.{self.name}_peer"
         env = {"LD_LIBRARY_PATH": libpython_dir(python)} if self.name == "pytriton" else {}
         return [python, "-m", module, "--model", str(int8_file(model)), "--port", str(port),
@@ -175,29 +175,11 @@ def running(peer: Peer, model: Path, core: int, threads: int, log: Path, peers_p
     """The peer's server pinned to `core`; yields its URL and pid, and stops it and its children afterwards."""
     port = free_port()
     command, env = peer.command(model.resolve(), port, threads, peers_python)
-    with open(log, "w") as out:
-        proc = subprocess.Popen(["taskset", "-c", str(core), *command], cwd=ROOT, env={**os.environ, **env},
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        started = time.time()
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = started + peer.startup_s
-            while True:
-                try:
-                    with urllib.request.urlopen(url + peer.ready, timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"{peer.name} did not start (see {log}): {log.read_text()[-2000:]}")
-                time.sleep(0.2)
-            print(f"peers: {peer.name} ready in {time.time() - started:.1f} s", file=sys.stderr)
-            yield url, proc.pid
-        finally:
-            stopping = time.time()
-            stop_tree(proc, timeout=2)  # PyTriton does not stop on SIGTERM: killed after 2 s
-            print(f"peers: {peer.name} stopped in {time.time() - stopping:.1f} s", file=sys.stderr)
+    begun = time.time()
+    # PyTriton does not stop on SIGTERM: killed after 2 s
+    with started(command, port, env, log, peer.startup_s, peer.ready, {core}, ROOT, stop_timeout=2) as proc:
+        print(f"peers: {peer.name} ready in {time.time() - begun:.1f} s", file=sys.stderr)
+        yield f"http://127.0.0.1:{port}", proc.pid
 
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
