@@ -37,7 +37,6 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Handler = Callable[[Request], Awaitable[Response]]
-EVERY_METHOD = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 ORT_WEB = Path(__file__).with_name("static") / "ort"  # onnxruntime-web's WASM build, copied by `make web`
 mimetypes.add_type("text/javascript", ".mjs")  # browsers load ES modules only with a JavaScript type
@@ -82,7 +81,9 @@ def route(path: str, methods: tuple[str, ...], handler: Handler) -> Route:
     async def answering(request: Request) -> Response:
         return await answered(endpoint(request))
 
-    return Route(path, answering, methods=EVERY_METHOD)  # Starlette's own 405 is plain text: ours is JSON
+    matched = Route(path, answering)
+    matched.methods = None  # every method reaches the endpoint, whose 405 says what the route takes (Starlette's
+    return matched          # own would be plain text, without our reason)
 
 
 def table(worker: Bound, bentoml_app: Callable) -> list[BaseRoute]:
@@ -113,7 +114,7 @@ def table(worker: Bound, bentoml_app: Callable) -> list[BaseRoute]:
         *[entry for base in (model, version) for entry in (
             route(base, get, v2("model")), route(base + "/ready", get, v2("ready_route")),
             route(base + "/infer", post, v2("infer_route")))],
-        route("/v2/{rest:path}", tuple(EVERY_METHOD), v2("unknown")),
+        route("/v2/{rest:path}", ("GET", "POST"), v2("unknown")),
         Route("/docs.json", Rewritten(bentoml_app, lambda document: fix(document, *sizes()))),
         Route("/schema.json", Rewritten(bentoml_app, fix_schema)),
     ]

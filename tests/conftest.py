@@ -25,6 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "models" / "capsnet-mnist.safetensors"
 PUBLISHED_ONNX = ROOT / "models" / "capsnet-mnist.onnx"
 SERVICE_ENV = {"CAPSNET_MODEL": str(PUBLISHED_ONNX), "CAPSNET_DEVICE": "cpu"}
+# CI installs every tool the tests use (Chromium, wrk, HAProxy; .ci/run): there, a test that would be skipped for
+# a missing tool runs and fails instead
+REQUIRE_TOOLS = bool(os.environ.get("CAPSNET_REQUIRE_TOOLS") or os.environ.get("CI"))
 
 
 # The modules whose tests start real processes (a service, a container, a browser, Locust, wrk, Node), train or

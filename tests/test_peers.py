@@ -9,9 +9,10 @@ import shutil
 import pytest
 
 from loadtest.peers.__main__ import BODIES, PEERS_PYTHON, main
+from tests.conftest import REQUIRE_TOOLS
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None or not PEERS_PYTHON.exists(),
+@pytest.mark.skipif((shutil.which("wrk") is None or not PEERS_PYTHON.exists()) and not REQUIRE_TOOLS,
                     reason="needs wrk and .venv-peers (make test installs both)")
 def test_quick_peers_measure_the_service_beside_pytriton(tmp_path, served_onnx):
     assert main(["--quick", "--model", str(served_onnx), "--out", str(tmp_path)]) == 0

@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.conftest import REQUIRE_TOOLS
 
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif((shutil.which("wrk") is None or len(os.sched_getaffinity(0)) < 2)
-                                and not os.environ.get("CI"), reason="needs Debian's wrk and 2 cores")
+                                and not REQUIRE_TOOLS, reason="needs Debian's wrk and 2 cores")
 
 
 def test_pinned_measurement_reports_the_service_beside_the_baseline(tmp_path, mnist_root):

@@ -16,7 +16,7 @@ import pytest
 
 from loadtest import replicas
 from loadtest.server import running_service, wait_ready
-from tests.conftest import SERVICE_ENV
+from tests.conftest import REQUIRE_TOOLS, SERVICE_ENV
 
 DRAIN_S = 3.0
 READ_TIMEOUT_S = 1.0
@@ -83,7 +83,7 @@ def test_a_worker_restarts_and_sigterm_drains_with_a_request_in_flight(tmp_path,
         print(f"SIGTERM: exited 0 after {time.monotonic() - started:.2f} s (drain window {DRAIN_S} s)")
 
 
-@pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs Debian's haproxy (apt-get install haproxy)")
+@pytest.mark.skipif(shutil.which("haproxy") is None and not REQUIRE_TOOLS, reason="needs Debian's haproxy (apt-get install haproxy)")
 def test_a_rolling_restart_behind_haproxy_loses_no_request(tmp_path, served_onnx, capsys):
     code = replicas.main(["--quick", "--model", str(served_onnx), "--out", str(tmp_path)])
     report = json.loads((tmp_path / "report.json").read_text())

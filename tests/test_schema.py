@@ -4,7 +4,6 @@ Swagger page in headless Chromium. BentoML's own clients: tests/test_e2e.py."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from openapi_spec_validator import validate
+from tests.conftest import REQUIRE_TOOLS
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def test_schemathesis_with_all_checks_finds_nothing(service_url, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="Debian's chromium is not installed")
+@pytest.mark.skipif(CHROMIUM is None and not REQUIRE_TOOLS, reason="Debian's chromium is not installed")
 def test_the_swagger_page_lists_the_five_routes(service_url):
     from playwright.sync_api import sync_playwright
 

@@ -13,11 +13,12 @@ from PIL import Image
 from serving.preprocess import preprocess
 from serving.runtime import CapsNetRuntime
 from mnist import read_split
+from tests.conftest import REQUIRE_TOOLS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
+pytestmark = pytest.mark.skipif(CHROMIUM is None and not REQUIRE_TOOLS,
                                 reason="Debian's chromium is not installed (CI installs it)")
 
 
