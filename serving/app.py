@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 
-from serving.errors import JSON_TYPE, NotAllowed, answered, error_message
+from serving.errors import JSON_TYPE, NotAllowed, answered, error_message, error_response
 from serving.lifecycle import Drain
 from serving.limits import DRAIN_LIMIT, MAX_BODY_BYTES
 from serving.openapi import fix, fix_schema
@@ -69,19 +69,28 @@ class Bound:
 
 # The route table
 
+class Endpoint:
+    """The ASGI app of one route: its handler's answer for the methods it takes (HEAD with GET), a 405 for the
+    others, and a raised error's answer (errors.answered). A plain ASGI app, so that Starlette's router calls it
+    as it is, without the request/response wrappers it puts around a function (0.1 ms a request)."""
+
+    def __init__(self, methods: tuple[str, ...], handler: Handler) -> None:
+        self.methods = set(methods) | ({"HEAD"} if "GET" in methods else set())
+        self.allowed = ", ".join(methods)
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        if scope["method"] in self.methods:
+            response = await answered(self.handler(request))
+        else:
+            response = error_response(NotAllowed(scope["method"], scope["path"], self.allowed))
+        await response(scope, receive, send)
+
+
 def route(path: str, methods: tuple[str, ...], handler: Handler) -> Route:
-    """path, answered by handler for these methods (HEAD with GET) and with a 405 for the others."""
-    allowed = ", ".join(methods)
-
-    async def endpoint(request: Request) -> Response:
-        if request.method not in methods and not (request.method == "HEAD" and "GET" in methods):
-            raise NotAllowed(request.method, request.url.path, allowed)
-        return await handler(request)
-
-    async def answering(request: Request) -> Response:
-        return await answered(endpoint(request))
-
-    matched = Route(path, answering)
+    """path, answered by handler for these methods and with a 405 for the others."""
+    matched = Route(path, Endpoint(methods, handler))
     matched.methods = None  # every method reaches the endpoint, whose 405 says what the route takes (Starlette's
     return matched          # own would be plain text, without our reason)
 
