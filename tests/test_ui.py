@@ -13,6 +13,7 @@ from PIL import Image
 from serving.preprocess import preprocess
 from serving.runtime import CapsNetRuntime
 from mnist import read_split
+from export.onnx_export import DECODER_TOLERANCE
 from tests.conftest import REQUIRE_TOOLS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -111,7 +112,8 @@ def test_pose_sliders_redraw_the_digit_live_as_the_python_decoder_does(service_u
                                                                         tmp_path):
     """A real digit uploaded (server mode): the heat overlay is drawn, 16 sliders hold the winner's pose, and moving
     one redraws the live reconstruction in the browser, with no request to the server, equal to the Python decoder's
-    image for the pose the sliders show (within 1e-3)."""
+    image for the pose the sliders show (within DECODER_TOLERANCE, 1e-5: the decoder graph is held to it against
+    PyTorch at export, 1.5e-6 measured)."""
     from playwright.sync_api import sync_playwright
 
     decode = python_decoder()
@@ -134,7 +136,7 @@ def test_pose_sliders_redraw_the_digit_live_as_the_python_decoder_does(service_u
         first = page.evaluate("window.capsnetLive")
         label = int(page.locator("#label").inner_text())
         assert first["label"] == label
-        assert np.abs(np.array(first["pixels"]).reshape(28, 28) - decode(first["pose"], label)).max() < 1e-3
+        assert np.abs(np.array(first["pixels"]).reshape(28, 28) - decode(first["pose"], label)).max() < DECODER_TOLERANCE
         requests: list[str] = []
         page.on("request", lambda r: requests.append(r.url))
         slider = page.locator('#pose input[data-dim="5"]')
@@ -146,7 +148,7 @@ def test_pose_sliders_redraw_the_digit_live_as_the_python_decoder_does(service_u
         assert abs(moved["pose"][5] - first["pose"][5] - 0.25) < 0.006 and moved["pose"][:5] == first["pose"][:5]
         want = decode(moved["pose"], label)
         got = np.array(moved["pixels"]).reshape(28, 28)
-        assert np.abs(got - want).max() < 1e-3
+        assert np.abs(got - want).max() < DECODER_TOLERANCE
         assert np.abs(got - np.array(first["pixels"]).reshape(28, 28)).max() > 0.02  # the digit did change
         assert requests == []  # the redraw ran in the browser
         page.screenshot(path=str(os.environ.get("CAPSNET_EXPLAIN_SCREENSHOT", tmp_path / "explain.png")), full_page=True)
