@@ -7,30 +7,29 @@ PY := $(VENV)/bin/python
 PORT ?= 3000
 HOST ?= 127.0.0.1
 
-PUBLISHED := models/capsnet-mnist.safetensors
-QUICK_RUN := runs/quick
-QUICK_WEIGHTS := $(QUICK_RUN)/checkpoint.safetensors
-# The published model when there is one, else a quick CPU model trained here.
-WEIGHTS ?= $(if $(wildcard $(PUBLISHED)),$(PUBLISHED),$(QUICK_WEIGHTS))
-# The published, verified ONNX files (models/capsnet-mnist{,-int8,-fp16}.onnx): serving needs no PyTorch.
-PUBLISHED_ONNX := models/capsnet-mnist.onnx
-# What `make export` makes from WEIGHTS (PyTorch needed).
+# Your own model: `make train` trains RUN, `make export` exports it into EXPORTED's folder, and every stage after
+# that takes it through CAPSNET_MODEL (make serve CAPSNET_MODEL=artifacts).
+RUN ?= runs/quick
 EXPORTED := artifacts/capsnet.onnx
-ONNX ?= $(if $(wildcard $(PUBLISHED_ONNX)),$(PUBLISHED_ONNX),$(EXPORTED))
-# The fp32 file `make serve` serves (its variants are the files its metadata names); set it to serve another.
-CAPSNET_MODEL ?= $(ONNX)
+# The published weights and their verified ONNX files (models/): `make publish` re-makes them.
+PUBLISHED := models/capsnet-mnist.safetensors
+PUBLISHED_ONNX := models/capsnet-mnist.onnx
+# The model every stage takes (serve, build, container, loadtest, loadtest-pinned, replicas, peers, bench): the
+# fp32 ONNX file, or the folder `python -m export` wrote it in, with its variants, decoder, record and card.
+CAPSNET_MODEL ?= $(PUBLISHED_ONNX)
 # Quick CPU model: one pass over 30,000 digits, about 7 minutes on 2 cores, about 98% test accuracy.
 QUICK_TRAIN_ARGS ?= --epochs 1 --limit 30000
 TRAIN_ARGS ?= $(QUICK_TRAIN_ARGS)
 PYTEST_ARGS ?=
 
-.PHONY: setup serve-setup publish-onnx web tools replicas peers peers-setup data train export serve loadtest loadtest-pinned build container container-gpu container-gpu-check container-run bench experiments docs-numbers gpu-stage \
+.PHONY: setup serve-setup publish web tools replicas peers peers-setup data train export serve loadtest loadtest-pinned build container container-gpu container-gpu-check container-run bench experiments docs-numbers gpu-stage \
         test test-quick clean help
 help:
-	@echo "make serve      a venv with the serving packages, then serve the published ONNX files on $(HOST):$(PORT)"
+	@echo "make serve      a venv with the serving packages, then serve CAPSNET_MODEL (the published model) on $(HOST):$(PORT)"
 	@echo "make test       run the test suite (make test-quick: the in-process part, for the inner loop)"
-	@echo "make container  the CPU image (Docker, else buildah), then make container-run serves it on $(HOST):$(PORT)"
-	@echo "make setup | data | train | export | loadtest | replicas | peers | build | container-gpu | bench | experiments | clean"
+	@echo "make train      train RUN ($(RUN)); make export: export it into $(dir $(EXPORTED)), then CAPSNET_MODEL=$(dir $(EXPORTED)) for every stage"
+	@echo "make container  the CPU image of CAPSNET_MODEL (Docker, else buildah), then make container-run serves it on $(HOST):$(PORT)"
+	@echo "make setup | data | loadtest | replicas | peers | build | container-gpu | bench | experiments | publish | clean"
 
 # Two sets of packages in one venv: serving only (ONNX Runtime, BentoML, numpy, Pillow: what make serve,
 # build and container need with the published ONNX files), or everything (PyTorch, Locust, the tests).
@@ -66,23 +65,21 @@ tools:
 data: setup
 	$(PY) -c "from mnist import ensure_mnist; print(ensure_mnist())"
 
-$(QUICK_WEIGHTS): | setup
-	$(PY) -m training $(QUICK_TRAIN_ARGS) --out $(QUICK_RUN)
-
 train: setup
-	$(PY) -m training $(TRAIN_ARGS) --out $(QUICK_RUN)
+	$(PY) -m training $(TRAIN_ARGS) --out $(RUN)
 
-$(EXPORTED): $(WEIGHTS) | setup
-	$(PY) -m export --checkpoint $(WEIGHTS) --out $(EXPORTED)
-
+# The run just trained (RUN) -> EXPORTED and its variants, decoder, verification record, card and Triton repository.
 export: setup
-	$(PY) -m export --checkpoint $(WEIGHTS) --out $(EXPORTED)
+	@[ -f $(RUN)/checkpoint.safetensors ] || { echo "export: no trained run in $(RUN) (make train first, or RUN=...)" >&2; exit 1; }
+	$(PY) -m export --checkpoint $(RUN)/checkpoint.safetensors --out $(EXPORTED)
 
-# Maintainers: the published ONNX files from the published weights (the same export and verification).
-publish-onnx: setup
+# Maintainers: models/ again from the published weights (the same export and verification), then the documents'
+# marked figures re-measured from it.
+publish: setup
 	$(PY) -m export --checkpoint $(PUBLISHED) --out $(PUBLISHED_ONNX)
+	$(MAKE) docs-numbers
 
-serve: $(if $(filter $(EXPORTED),$(CAPSNET_MODEL)),$(EXPORTED)) | serve-setup
+serve: | serve-setup
 	CAPSNET_MODEL=$(CAPSNET_MODEL) $(VENV)/bin/bentoml serve serving.service:CapsNet --host $(HOST) --port $(PORT)
 
 # The serving peers (PyTriton, LitServe, Ray Serve) in a venv of their own: PyTriton holds numpy below 2.
@@ -103,24 +100,25 @@ peers-setup: $(PEERS_VENV)/.installed
 
 # The service against the serving peers, side by side on one pinned core (python -m loadtest.peers --help).
 PEERS_ARGS ?=
-peers: $(ONNX) | setup peers-setup
-	$(PY) -m loadtest.peers --model $(ONNX) $(PEERS_ARGS)
+peers: | setup peers-setup
+	$(PY) -m loadtest.peers --model $(CAPSNET_MODEL) $(PEERS_ARGS)
 
 # Two replicas behind HAProxy (deploy/haproxy/haproxy.cfg) under Locust, restarted one after the other
 # mid-run; REPLICAS_ARGS="--mode kill" kills one instead (python -m loadtest.replicas --help).
 REPLICAS_ARGS ?=
-replicas: $(ONNX) | setup
-	$(PY) -m loadtest.replicas --model $(ONNX) $(REPLICAS_ARGS)
+replicas: | setup
+	$(PY) -m loadtest.replicas --model $(CAPSNET_MODEL) $(REPLICAS_ARGS)
 
-loadtest: $(ONNX) | setup
-	$(PY) -m loadtest --model $(ONNX) $(LOADTEST_ARGS)
+loadtest: | setup
+	$(PY) -m loadtest --model $(CAPSNET_MODEL) $(LOADTEST_ARGS)
 
 # The per-request cost on disjoint cores: the service and the hand-written baseline, wrk as the client.
-loadtest-pinned: $(ONNX) | setup
-	$(PY) -m loadtest.pinned --model $(ONNX) $(PINNED_ARGS)
+loadtest-pinned: | setup
+	$(PY) -m loadtest.pinned --model $(CAPSNET_MODEL) $(PINNED_ARGS)
 
+# The Bento of CAPSNET_MODEL: serving/ and the model's files (deploy/container/bento.sh)
 build: | serve-setup
-	$(VENV)/bin/bentoml build
+	CAPSNET_MODEL=$(CAPSNET_MODEL) deploy/container/bento.sh cpu
 
 # onnxruntime-web's WASM build for the page's in-browser mode, from its npm package (clients/js, pinned).
 ORT_WEB_FILES := ort.wasm.min.mjs ort-wasm-simd-threaded.mjs ort-wasm-simd-threaded.wasm
@@ -131,10 +129,10 @@ web:
 
 # The images: Docker where an engine answers, else buildah; the base image from Debian's packages.
 container: | serve-setup
-	deploy/container/build.sh cpu
+	CAPSNET_MODEL=$(CAPSNET_MODEL) deploy/container/build.sh cpu
 
 container-gpu: | serve-setup
-	deploy/container/build.sh gpu
+	CAPSNET_MODEL=$(CAPSNET_MODEL) deploy/container/build.sh gpu
 
 # Inside the GPU image: CUDA libraries load, CAPSNET_DEVICE=cpu serves, cuda without a GPU stops at start-up.
 container-gpu-check:
@@ -144,8 +142,8 @@ container-gpu-check:
 container-run:
 	HOST=$(HOST) PORT=$(PORT) deploy/container/run.sh cpu
 
-bench: $(ONNX) | setup
-	$(PY) -m export.bench --onnx $(ONNX) $(BENCH_ARGS)
+bench: | setup
+	$(PY) -m export.bench --onnx $(CAPSNET_MODEL) $(BENCH_ARGS)
 
 # The GPU session: stage its wheels here (parts of at most 40 MiB in .gpu-bundle/), run scripts/gpu-run.sh there.
 gpu-stage:
@@ -153,7 +151,7 @@ gpu-stage:
 
 # Re-measure the documents' marked numbers (the README's curl answers, export, load test, pinned) and rewrite
 # them in place from docs/numbers/ (scripts/docs_numbers.py; a few minutes on 2 cores).
-docs-numbers: $(ONNX) | setup
+docs-numbers: | setup
 	$(PY) scripts/docs_numbers.py
 
 experiments: setup

@@ -1,5 +1,6 @@
-"""python -m export: checkpoint -> artifacts/capsnet.onnx, verified against PyTorch, its int8 and fp16 variants, and
-the decoder alone (capsnet-decoder.onnx)."""
+"""python -m export: checkpoint -> artifacts/capsnet.onnx, verified against PyTorch, its int8 and fp16 variants, the
+decoder alone (capsnet-decoder.onnx), the verification record, a model card written from it (capsnet.card.md) and a
+Triton model repository: the model folder every later stage takes (CAPSNET_MODEL)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from pathlib import Path
 from export.onnx_export import DEFAULT_OPSET, VerificationError, export_and_verify, report_path
 from export.artifact import VARIANTS
 from export.batchsize import SECONDS_PER_BATCH
+from export.card import write_card
 from export.triton import write_repository
 from mnist import DEFAULT_ROOT
+from timing import cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
               f" {verdict} the {v['accuracy_bar_points']}-point bar; routing map within"
               f" {v['against_torch']['max_abs_diff_routing_map']:.2g} of PyTorch) -> {v['onnx']}")
     triton = write_repository(args.out, args.out.parent / "triton")
-    print(f"wrote {args.out} and {report_path(args.out)} ({report['seconds']} s); a Triton model repository in"
-          f" {triton.parent}")
+    command = "python -m export " + " ".join(argv if argv is not None else sys.argv[1:])
+    written = write_card(args.out, report, cpu(), command)
+    print(f"wrote {args.out}, {report_path(args.out)} and {written} ({report['seconds']} s); a Triton model"
+          f" repository in {triton.parent}")
     return 0
 
 

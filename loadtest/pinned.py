@@ -40,7 +40,7 @@ import numpy as np
 import psutil
 
 from loadtest.flame import self_time_by_package
-from loadtest.server import bentoml_serve, children_cpu_seconds, free_port, started
+from loadtest.server import MODEL_HELP, bentoml_serve, children_cpu_seconds, free_port, model_file, started
 from mnist import DEFAULT_ROOT, read_split
 from serving.batching import BATCHERS
 from serving.runtime import CapsNetRuntime
@@ -269,7 +269,7 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtest.pinned", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", type=Path, default=Path("models/capsnet-mnist.onnx"), help="fp32 ONNX file")
+    p.add_argument("--model", type=model_file, default="models/capsnet-mnist.onnx", help=MODEL_HELP)
     p.add_argument("--variant", default="int8", help="variant both servers run")
     p.add_argument("--service-cores", default="0", help="cores of the server and of in-process ORT")
     p.add_argument("--client-cores", default="1", help="cores of wrk")

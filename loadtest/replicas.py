@@ -30,7 +30,7 @@ import numpy as np
 import psutil
 
 from loadtest.run import prepare_digits, swarm
-from loadtest.server import HOST, bentoml_serve, free_port, start, stop_tree, wait_ready
+from loadtest.server import HOST, MODEL_HELP, bentoml_serve, free_port, model_file, start, stop_tree, wait_ready
 from mnist import DEFAULT_ROOT
 from serving.runtime import CapsNetRuntime
 
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"the Locust run's least length (it goes on until the events have finished, and {TAIL_S:g} s more)")
     p.add_argument("--users", type=int, default=8, help="Locust users, one digit per request")
     p.add_argument("--drain-seconds", type=float, default=5.0, help="the replicas' CAPSNET_DRAIN_SECONDS")
-    p.add_argument("--model", type=Path, default=Path("models/capsnet-mnist.onnx"), help="the fp32 ONNX file served")
+    p.add_argument("--model", type=model_file, default="models/capsnet-mnist.onnx", help=MODEL_HELP)
     p.add_argument("--haproxy", default="haproxy", help="the HAProxy binary")
     p.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="MNIST root folder")
     p.add_argument("--out", type=Path, default=Path("runs/replicas"), help="logs, Locust's CSVs, report.json")

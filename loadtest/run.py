@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest.server import children_cpu_seconds, running_service
+from loadtest.server import MODEL_HELP, children_cpu_seconds, model_file, running_service
 from serving.limits import MAX_BATCH
 from serving.runtime import CapsNetRuntime
 from serving.settings import VARIANTS
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="a fixed p99 latency bound, checked at --slo-users (default: derived from the model's"
                         " in-process speed measured in the same run; see the top of loadtest/run.py)")
     p.add_argument("--slo-users", type=int, default=16, help="user count at which the p99 SLO is checked")
-    p.add_argument("--model", type=Path, default=Path("models/capsnet-mnist.onnx"), help="fp32 ONNX model to serve")
+    p.add_argument("--model", type=model_file, default="models/capsnet-mnist.onnx", help=MODEL_HELP)
     p.add_argument("--variant", choices=["auto", *VARIANTS], default="auto",
                    help="model variant (CAPSNET_VARIANT); auto: int8 on the CPU, fp16 on CUDA, if it met its accuracy bar")
     p.add_argument("--locust-processes", type=int, default=1,

@@ -24,8 +24,22 @@ from typing import IO, Iterator
 
 import psutil
 
+from serving.settings import SettingsError, model_path
+
 SERVICE = "serving.service:CapsNet"
+MODEL_HELP = "the fp32 ONNX file served, or the folder `python -m export` wrote it in (CAPSNET_MODEL)"
 HOST = "127.0.0.1"
+
+
+def model_file(raw: str) -> Path:
+    """A --model value: the fp32 ONNX file, or the folder `python -m export` wrote it in (as CAPSNET_MODEL takes it),
+    relative to the current folder; argparse says what is wrong with one that is neither."""
+    import argparse
+
+    try:
+        return model_path(str(Path(raw).resolve()))
+    except SettingsError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def children_cpu_seconds() -> float:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest.server import HOST, running_service
+from loadtest.server import HOST, MODEL_HELP, model_file, running_service
 from mnist import DEFAULT_ROOT, read_split
 from serving.settings import Settings
 
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--read-timeout", type=float, default=defaults.read_timeout,
                    help="the service's CAPSNET_READ_TIMEOUT")
     p.add_argument("--p99-ms", type=float, default=50, help="the p99 the normal requests must keep")
-    p.add_argument("--model", type=Path, default=Path("models/capsnet-mnist.onnx"), help="the fp32 ONNX file served")
+    p.add_argument("--model", type=model_file, default="models/capsnet-mnist.onnx", help=MODEL_HELP)
     p.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="MNIST root folder")
     p.add_argument("--out", type=Path, default=Path("runs/slowclients"), help="service log and report.json")
     args = p.parse_args(argv)

@@ -10,6 +10,7 @@ serving/sessions.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -154,6 +155,7 @@ class CapsNetRuntime:
         self.input_name, self.image_size = check_graph(self.session, self.model_path)  # the image size: the graph's
         self.routing_grid = next(o.shape[1] for o in self.session.get_outputs() if o.name == ROUTING_MAP)
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.file_sha256 = hashlib.sha256(self.model_path.read_bytes()).hexdigest()  # of the file served, once
         # merged batches stop at the size the served file ran fastest at on the CPU when exported (a request
         # may still bring up to MAX_BATCH images); on CUDA, not measured: MAX_BATCH
         measured = self.metadata.get("cpu_best_batch")
@@ -191,6 +193,7 @@ class CapsNetRuntime:
         return {
             "model_name": meta.get("model_name", self.model_path.stem),
             "model_file": self.model_path.name,
+            "file_sha256": self.file_sha256,
             "source_sha256": meta.get("source_sha256"),
             "variant": self.variant,
             "test_accuracy": float(meta["test_accuracy_ort"]) if "test_accuracy_ort" in meta else None,

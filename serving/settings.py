@@ -1,7 +1,8 @@
 """Every CAPSNET_* setting of the service, read once from the environment into one frozen object.
 
-    CAPSNET_MODEL       the fp32 ONNX file (default models/capsnet-mnist.onnx, the published one; a relative path
-                        is taken from the folder that holds serving/: the repository, or a Bento's src/)
+    CAPSNET_MODEL       the fp32 ONNX file, or the folder `python -m export` wrote it in (default
+                        models/capsnet-mnist.onnx, the published one; a relative path is taken from the folder
+                        that holds serving/: the repository, or a Bento's src/)
     CAPSNET_DEVICE      auto | cpu | cuda (default auto: CUDA when it starts, else the CPU; cuda never falls back)
     CAPSNET_VARIANT     auto | fp32 | int8 | fp16 (default auto: int8 on the CPU, fp16 on CUDA, when current)
     CAPSNET_WORKERS     worker processes (default one per two usable cores, at least 1)
@@ -48,10 +49,22 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
+VARIANT_SUFFIXES = ("-int8", "-fp16", "-decoder")  # the files beside the fp32 one that `python -m export` writes
+
+
 def model_path(raw: str) -> Path:
-    """A CAPSNET_MODEL value as a path; a relative one is taken from PROJECT, since `bentoml serve` runs the
-    start-up check in the caller's folder but the workers in the Bento's src/, and both must open one file."""
-    return PROJECT / (raw or DEFAULT_MODEL)
+    """A CAPSNET_MODEL value as a path: the fp32 ONNX file, or the folder `python -m export` wrote it in (the one
+    .onnx file there that is not a variant or the decoder). A relative path is taken from PROJECT, since `bentoml
+    serve` runs the start-up check in the caller's folder but the workers in the Bento's src/, and both must open
+    one file."""
+    path = PROJECT / (raw or DEFAULT_MODEL)
+    if not path.is_dir():
+        return path
+    found = sorted(p for p in path.glob("*.onnx") if not p.stem.endswith(VARIANT_SUFFIXES))
+    if len(found) != 1:
+        raise SettingsError(f"CAPSNET_MODEL={raw!r}: a folder must hold one fp32 .onnx file (besides its -int8, -fp16"
+                            f" and -decoder files); found {[p.name for p in found] or 'none'}")
+    return found[0]
 
 
 def check_device(device: str) -> str:

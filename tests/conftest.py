@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -75,6 +76,20 @@ def tiny_run(tmp_path_factory, mnist_root) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "run"
     main(["--epochs", "1", "--limit", "256", "--test-limit", "200", "--out", str(out), "--quiet",
           "--data", str(mnist_root), "--seed", "3"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_run, tmp_path_factory, mnist_root):
+    """The tiny checkpoint through the real CLI (verification included): a model folder of the tests' own, which
+    the container test builds its image from."""
+    out = tmp_path_factory.mktemp("export") / "capsnet.onnx"
+    run = subprocess.run([sys.executable, "-m", "export", "--checkpoint", str(tiny_run / "checkpoint.safetensors"),
+                          "--out", str(out), "--accuracy-digits", "500", "--verify-digits", "500", "--batch-seconds", "0.05",
+                          "--data", str(mnist_root)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "test accuracy through ONNX Runtime" in run.stdout
     return out
 
 

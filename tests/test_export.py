@@ -5,7 +5,6 @@ import sys
 
 import numpy as np
 import onnx
-import pytest
 import torch
 
 from export.artifact import OUTPUTS, variant_path
@@ -13,19 +12,6 @@ from export.onnx_export import export_onnx, report_path
 from tests.conftest import ROOT
 from training.checkpoint import load_weights
 from training.data import load_split
-
-
-@pytest.fixture(scope="module")
-def exported(tiny_run, tmp_path_factory, mnist_root):
-    """The tiny checkpoint through the real CLI (verification included)."""
-    out = tmp_path_factory.mktemp("export") / "capsnet.onnx"
-    run = subprocess.run([sys.executable, "-m", "export", "--checkpoint", str(tiny_run / "checkpoint.safetensors"),
-                          "--out", str(out), "--accuracy-digits", "500", "--verify-digits", "500", "--batch-seconds", "0.05",
-                          "--data", str(mnist_root)],
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert "test accuracy through ONNX Runtime" in run.stdout
-    return out
 
 
 def test_graph_is_self_contained_with_dynamic_batch_and_metadata(exported, tiny_run):
@@ -90,8 +76,8 @@ def test_export_removes_variants_it_did_not_make(tiny_run, tmp_path, mnist_root)
     run = run_export("--checkpoint", tiny_run / "checkpoint.safetensors", "--out", out, "--accuracy-digits", 50,
                      "--verify-digits", 50, "--data", mnist_root, "--variants")
     assert run.returncode == 0, run.stderr[-2000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["capsnet-decoder.onnx", "capsnet.onnx", "capsnet.verify.json",
-                                                          "triton"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["capsnet-decoder.onnx", "capsnet.card.md", "capsnet.onnx",
+                                                          "capsnet.verify.json", "triton"]
     assert (tmp_path / "triton" / "capsnet" / "1" / "model.onnx").resolve() == out.resolve()  # its Triton repository
     assert json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["variants"]) == {}
 
@@ -114,6 +100,23 @@ def test_a_graph_that_disagrees_fails_the_cli_and_writes_nothing(tiny_run, tmp_p
     assert code == 1
     assert "export FAILED verification: onnxruntime batch 1: max |d lengths|" in capsys.readouterr().err
     assert list(out.parent.iterdir()) == []
+
+
+def test_the_card_states_what_the_export_measured(exported):
+    """The model card is written from the record and the files: each file's accuracy, size and sha256, the CPU."""
+    import hashlib
+
+    from timing import describe_cpu
+
+    report = json.loads(report_path(exported).read_text())
+    text = exported.with_suffix(".card.md").read_text()
+    assert describe_cpu() in text and "28x28 images, 10 classes" in text
+    for name, accuracy in [("fp32", report["test_accuracy_ort"]),
+                           *((n, v["test_accuracy_ort"]) for n, v in report["variants"].items())]:
+        path = exported if name == "fp32" else exported.with_name(f"capsnet-{name}.onnx")
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{path.name}` | {name} |"))
+        assert f"| {accuracy:.2%} |" in row, row
+        assert hashlib.sha256(path.read_bytes()).hexdigest()[:16] in row and f"{path.stat().st_size / 1e6:.1f} MB" in row
 
 
 def test_verification_report_meets_tolerances(exported):

@@ -55,3 +55,14 @@ def test_a_bad_value_names_the_variable_and_what_it_takes(name, value, message):
     with pytest.raises(SettingsError) as err:
         Settings.from_env({f"CAPSNET_{name}": value})
     assert str(err.value).startswith(message)
+
+
+def test_the_model_may_be_named_by_its_folder(tmp_path):
+    """CAPSNET_MODEL takes the fp32 file or the folder `python -m export` wrote it in; a folder must hold one."""
+    assert Settings.from_env({"CAPSNET_MODEL": "models"}).model == PROJECT / "models" / "capsnet-mnist.onnx"
+    for name in ("mine.onnx", "mine-int8.onnx", "mine-fp16.onnx", "mine-decoder.onnx"):
+        (tmp_path / name).write_bytes(b"")
+    assert Settings.from_env({"CAPSNET_MODEL": str(tmp_path)}).model == tmp_path / "mine.onnx"
+    (tmp_path / "other.onnx").write_bytes(b"")
+    with pytest.raises(SettingsError, match=r"a folder must hold one fp32 .onnx file .* found \['mine.onnx', 'other.onnx'\]"):
+        Settings.from_env({"CAPSNET_MODEL": str(tmp_path)})

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Build the Bento and its container image: deploy/container/build.sh cpu|gpu
+# Build the Bento of a model and its container image: deploy/container/build.sh cpu|gpu
 #
 # cpu: bentofile.yaml     (onnxruntime, int8 by default)          -> image capsnet:cpu
 # gpu: bentofile.gpu.yaml (onnxruntime-gpu[cuda,cudnn], fp16 on CUDA) -> image capsnet:gpu
-# With Docker where an engine answers, else buildah; the base image comes from base-image.sh
-# (Debian's packages, no Docker Hub). Environment: BENTOML (default .venv/bin/bentoml), IMAGE (the tag).
+# The model is CAPSNET_MODEL (the fp32 ONNX file or its folder; default the published one): the image holds it
+# and serves it (deploy/container/bento.sh). With Docker where an engine answers, else buildah; the base image
+# comes from base-image.sh (Debian's packages, no Docker Hub). Environment: CAPSNET_MODEL, BENTOML (default
+# .venv/bin/bentoml), IMAGE (the tag).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . deploy/container/builder.sh
@@ -26,10 +28,8 @@ detect_builder
 echo "container: [1/3] base image $BASE_IMAGE ($CONTAINER_BUILDER)" >&2
 deploy/container/base-image.sh "$CONTAINER_BUILDER" || fail "step 1/3: the base image (see above)"
 
-echo "container: [2/3] bentoml build -f $BENTOFILE" >&2
-tag=$("$BENTOML" build -f "$BENTOFILE" --output tag 2>/dev/null | tail -1) || fail "step 2/3: bentoml build"
-tag=${tag#__tag__:}
-[ -n "$tag" ] || fail "step 2/3: bentoml build printed no tag"
+echo "container: [2/3] the Bento of ${CAPSNET_MODEL:-models/capsnet-mnist.onnx} ($BENTOFILE)" >&2
+tag=$(deploy/container/bento.sh "$KIND" | tail -1) || fail "step 2/3: the Bento (see above)"
 
 echo "container: [3/3] bentoml containerize $tag -> $IMAGE ($CONTAINER_BUILDER)" >&2
 # Run from the temporary folder's parent: BentoML 1.4.40 refuses a dockerfile_template that is not under

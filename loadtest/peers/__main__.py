@@ -38,7 +38,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from loadtest.pinned import InProcess, combine, cpu_seconds, in_process_summary, wrk
-from loadtest.server import bentoml_serve, free_port, started
+from loadtest.server import MODEL_HELP, bentoml_serve, free_port, model_file, started
 from mnist import DEFAULT_ROOT, read_split
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -273,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--peers", nargs="+", choices=list(PEERS), default=list(PEERS), metavar="PEER",
                    help=f"the servers to measure, of: {', '.join(repr(n) for n in PEERS)}")
-    p.add_argument("--model", type=Path, default=Path("models/capsnet-mnist.onnx"),
-                   help="the fp32 ONNX file; every server serves its int8 variant beside it")
+    p.add_argument("--model", type=model_file, default="models/capsnet-mnist.onnx",
+                   help=MODEL_HELP + "; every server serves its int8 variant beside it")
     p.add_argument("--server-core", type=int, default=0, help="the core every server (and in-process ORT) runs on")
     p.add_argument("--client-core", type=int, default=1, help="wrk's core")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads of every server")
