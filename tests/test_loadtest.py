@@ -25,7 +25,7 @@ def run_loadtest(served_onnx, out, mnist_root, *extra):
 
 def test_short_sweep_has_no_failures_and_reports_every_step(served_onnx, tmp_path, mnist_root):
     out = tmp_path / "lt"
-    run = run_loadtest(served_onnx, out, mnist_root, "--users", "2", "8", "--duration", "5",
+    run = run_loadtest(served_onnx, out, mnist_root, "--users", "2", "8", "--duration", "3",
                        "--slo-users", "8", "--slo-p99-ms", "5000", "--images-per-request", "4")
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -56,7 +56,7 @@ def test_failed_requests_and_a_missed_slo_fail_the_command(served_onnx, tmp_path
     0.001 ms: exit 1, both said. Also the JSON body, one digit per request, the fp32 model, Locust in two processes."""
     monkeypatch.setenv("BENTOML_CONFIG_OPTIONS", "services.capsnet.traffic.max_concurrency=1")
     out = tmp_path / "lt"
-    run = run_loadtest(served_onnx, out, mnist_root, "--users", "8", "--duration", "5", "--slo-users", "8",
+    run = run_loadtest(served_onnx, out, mnist_root, "--users", "8", "--duration", "3", "--slo-users", "8",
                        "--slo-p99-ms", "0.001", "--body", "json", "--images-per-request", "1", "--variant", "fp32",
                        "--locust-processes", "2")
     assert run.returncode == 1
