@@ -42,6 +42,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+    # the container's tests last: its base image (Debian's packages, mostly a download) is built in the background
+    # meanwhile, from the start of the session (pytest_collection_finish)
+    items.sort(key=lambda item: item.module.__name__.endswith("test_container"))
     try:
         import torch
 
@@ -60,6 +63,32 @@ def has_vnni() -> bool:
     add pairs of products in 16 bits, which saturate, and the int8 file's answers move (docs/export.md)."""
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     return any(flag in flags.split() for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+BASE_IMAGE_LOG = ROOT / "runs" / "test-base-image.log"
+BACKGROUND: dict[str, subprocess.Popen] = {}
+
+
+def pytest_collection_finish(session):
+    """When the container's tests will run, start building its base image now, beside the other tests (the
+    container test waits for it: `base_image_built`); the build does nothing when the image exists."""
+    if not any(item.module.__name__.endswith("test_container") for item in session.items):
+        return
+    from tests.test_container import can_build
+
+    if can_build():
+        BASE_IMAGE_LOG.parent.mkdir(exist_ok=True)
+        BACKGROUND["base image"] = subprocess.Popen(
+            ["bash", "-c", ". deploy/container/builder.sh && detect_builder"
+                           " && deploy/container/base-image.sh $CONTAINER_BUILDER"],
+            cwd=ROOT, stdout=open(BASE_IMAGE_LOG, "w"), stderr=subprocess.STDOUT)
+
+
+def base_image_built() -> None:
+    """Wait for the base image's background build, if one was started; its log when it failed."""
+    build = BACKGROUND.get("base image")
+    if build is not None:
+        assert build.wait(timeout=1500) == 0, BASE_IMAGE_LOG.read_text()[-3000:]
 
 
 @pytest.fixture(scope="session")

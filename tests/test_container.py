@@ -33,6 +33,7 @@ from loadtest.server import free_port, wait_ready
 from mnist import read_split
 from serving.preprocess import preprocess
 from serving.runtime import CapsNetRuntime
+from tests.conftest import base_image_built
 from tests.test_hostile import CASES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +74,7 @@ def remove_image() -> None:
 def built(tmp_path_factory, exported):
     """`make container` of the tests' own model folder, the image tagged IMAGE and the Bento in a temporary
     BentoML home."""
+    base_image_built()  # started in the background at the session's start (tests/conftest.py)
     env = {**os.environ, "IMAGE": IMAGE, "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml-home")),
            "CAPSNET_MODEL": str(exported.parent)}
     started = time.perf_counter()
@@ -153,7 +155,7 @@ def test_metadata_names_the_file_it_was_given(running, exported, here):
 
 def test_real_digits_as_json_and_as_raw_float32_agree_with_onnx_runtime_here(running, digits):
     _, url = running
-    images, labels, expected = digits
+    images, _, expected = digits
     as_json = httpx.post(url + "/classify", json={"images": images[:, 0].tolist()}, timeout=60)
     raw = httpx.post(url + "/classify", content=images.astype("<f4").tobytes(), timeout=60,
                      headers={"Content-Type": "application/octet-stream"})
@@ -161,7 +163,6 @@ def test_real_digits_as_json_and_as_raw_float32_agree_with_onnx_runtime_here(run
         assert answer.status_code == 200, answer.text[:300]
         assert answer.json()["labels"] == expected.labels.tolist()
         assert np.abs(np.array(answer.json()["lengths"]) - expected.lengths).max() < 1e-6  # the same file, CPU
-    assert np.mean(expected.labels == labels) >= 0.5  # a CapsNet trained on 256 digits: far from chance (0.1)
 
 
 def test_tritonclient_classifies_real_digits_binary_and_json(running, digits):
