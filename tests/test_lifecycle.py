@@ -168,11 +168,11 @@ def read_until_closed(conn: socket.socket, timeout: float) -> tuple[bytes, float
 
 def test_a_request_that_does_not_arrive_in_time_gets_408_and_is_closed(guarded_server):
     port, _ = guarded_server
+    sent = time.monotonic()  # before the connects: each deadline starts when the server accepts its connection
     with socket.create_connection(("127.0.0.1", port)) as half_header, \
             socket.create_connection(("127.0.0.1", port)) as half_body:
         half_header.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\n")
         half_body.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
-        sent = time.monotonic()
         for conn in (half_header, half_body):
             data, _ = read_until_closed(conn, 60)
             assert data.startswith(b"HTTP/1.1 408 ") and b"did not arrive in time" in data

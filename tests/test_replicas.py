@@ -46,9 +46,10 @@ def test_a_worker_restarts_and_sigterm_drains_with_a_request_in_flight(tmp_path,
            "CAPSNET_READ_TIMEOUT": str(READ_TIMEOUT_S), "BENTOML_HOME": str(tmp_path / "bentoml")}
     with running_service(env=env, log=tmp_path / "service.log") as service:
         host, port = service.url.removeprefix("http://").split(":")
-        # a client that sends half a header is answered 408 and closed, not before the read deadline
+        # a client that sends half a header is answered 408 and closed, not before the read deadline (which starts when
+        # the server accepts the connection: after `started`, whenever the client's connect returns)
+        started = time.monotonic()
         with socket.create_connection((host, int(port))) as slow:
-            started = time.monotonic()
             slow.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\n")
             assert read_all(slow).startswith(b"HTTP/1.1 408 ")
             assert time.monotonic() - started >= READ_TIMEOUT_S

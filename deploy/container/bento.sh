@@ -19,5 +19,5 @@ tag=$(cd "$staged/bento" && "$BENTOML" build -f bentofile.yaml --output tag 2>/d
     || { echo "bento: FAILED: bentoml build" >&2; exit 1; }
 tag=${tag#__tag__:}
 [ -n "$tag" ] || { echo "bento: FAILED: bentoml build printed no tag" >&2; exit 1; }
-echo "bento: built $tag from $MODEL" >&2
+echo "bento: built $tag from ${CAPSNET_MODEL:-models/capsnet-mnist.onnx}" >&2
 echo "$tag"
