@@ -7,21 +7,13 @@ differences from PyTorch, the batch size the service merges requests up to, and 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 from timing import describe_cpu
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from training.checkpoint import sha256_file as sha256
 
 
 def card_path(fp32: Path) -> Path:
