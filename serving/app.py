@@ -20,12 +20,12 @@ import mimetypes
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 
+from serving.framework import any_method, static_file
 from serving.errors import JSON_TYPE, NotAllowed, answered, error_message, error_response
 from serving.lifecycle import Drain
 from serving.limits import DRAIN_LIMIT, MAX_BODY_BYTES
@@ -90,9 +90,7 @@ class Endpoint:
 
 def route(path: str, methods: tuple[str, ...], handler: Handler) -> Route:
     """path, answered by handler for these methods and with a 405 for the others."""
-    matched = Route(path, Endpoint(methods, handler))
-    matched.methods = None  # every method reaches the endpoint, whose 405 says what the route takes (Starlette's
-    return matched          # own would be plain text, without our reason)
+    return any_method(Route(path, Endpoint(methods, handler)))
 
 
 def table(worker: Bound, bentoml_app: Callable) -> list[BaseRoute]:
@@ -139,10 +137,9 @@ class OrtWeb:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not ORT_WEB.is_dir():
             return await reply(send, 404, "onnxruntime-web is not here: `make web` copies it")
-        try:
-            await self.files(scope, receive, send)
-        except HTTPException as err:
-            await reply(send, err.status_code, str(err.detail))
+        refused = await static_file(self.files, scope, receive, send)
+        if refused is not None:
+            await reply(send, *refused)
 
 
 class Rewritten:

@@ -21,6 +21,9 @@ fails loudly instead of quietly serving without a patch.
    factory looks up by name for one that checks every RESPAWN_CHECK_S.
 4. BentoML's batching (`bentoml._internal.marshal.dispatcher.CorkDispatcher`), which CAPSNET_BATCHER=bentoml
    uses without its decorator (serving/batching.py, `CorkBatcher`): `cork_dispatcher`.
+5. Starlette's router and static files (starlette 1.10), under serving/app.py's route table: `any_method` lets every
+   method reach a route (its endpoint answers a JSON 405; Starlette's own is plain text), `static_file` turns
+   StaticFiles' HTTPException into a status and reason for our JSON answer.
 """
 
 from __future__ import annotations
@@ -163,6 +166,25 @@ def cork_dispatcher() -> type:
     return CorkDispatcher
 
 
+# 5. Starlette's router and static files
+
+def any_method(route: Any) -> Any:
+    """route (a starlette.routing.Route), matched for every method: Route.matches compares `methods` when set."""
+    route.methods = None
+    return route
+
+
+async def static_file(files: Any, scope: dict, receive: Callable, send: Callable) -> tuple[int, str] | None:
+    """Serve a StaticFiles request; the status and reason of its refusal (a missing file), or None once answered."""
+    from starlette.exceptions import HTTPException
+
+    try:
+        await files(scope, receive, send)
+    except HTTPException as err:
+        return err.status_code, str(err.detail)
+    return None
+
+
 # The shapes the patches above rely on
 
 def problems() -> list[str]:
@@ -192,6 +214,10 @@ def problems() -> list[str]:
             or "arbiter_cls = ThreadedArbiter if threaded else Arbiter" not in inspect.getsource(
                 circus.create_standalone_arbiter):
         found.append("BentoML's create_standalone_arbiter no longer looks up Arbiter by name with check_delay")
+    from starlette.routing import Route
+
+    if "self.methods" not in inspect.getsource(Route.matches):
+        found.append("Starlette's Route.matches no longer reads self.methods")
     parameters = inspect.signature(cork_dispatcher().__init__).parameters
     if not {"max_latency_in_ms", "max_batch_size", "fallback", "get_batch_size", "batch_dim"} <= set(parameters):
         found.append(f"BentoML's CorkDispatcher takes {sorted(parameters)}")

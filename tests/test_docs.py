@@ -73,12 +73,12 @@ def test_a_number_changed_by_hand_is_caught(tmp_path):
     for page in PAGES:
         (tmp_path / page).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / page, tmp_path / page)
-    readme = (tmp_path / "README.md").read_text()
+    page = (tmp_path / "docs" / "loadtest.md").read_text()
     body = render("loadtest")
     edited = re.sub(r"(\d+)\.(\d)", lambda m: f"{int(m.group(1)) + 1}.{m.group(2)}", body, count=1)
     assert edited != body
-    (tmp_path / "README.md").write_text(readme.replace(body, edited))
-    assert stale_blocks(tmp_path) == ["README.md: loadtest"]
+    (tmp_path / "docs" / "loadtest.md").write_text(page.replace(body, edited))
+    assert stale_blocks(tmp_path) == ["docs/loadtest.md: loadtest"]
 
 
 def test_no_page_measures_here_or_today():
@@ -95,7 +95,7 @@ def test_no_record_holds_a_path_of_the_machine_that_made_it():
 
 def test_the_readme_is_short_and_reaches_every_page():
     readme = (ROOT / "README.md").read_text()
-    assert len(readme.splitlines()) <= 200
+    assert len(readme.splitlines()) <= 180
     reached, todo = set(), ["README.md"]
     while todo:
         page = todo.pop()
