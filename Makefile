@@ -10,9 +10,8 @@ HOST ?= 127.0.0.1
 # Your own model: `make train` trains RUN, `make export` exports it into EXPORTED's folder, and every stage after
 # that takes it through CAPSNET_MODEL (make serve CAPSNET_MODEL=artifacts).
 RUN ?= runs/quick
-EXPORTED := artifacts/capsnet.onnx
-# The published weights and their verified ONNX files (models/): `make publish` re-makes them.
-PUBLISHED := models/capsnet-mnist.safetensors
+EXPORTED ?= artifacts/capsnet.onnx
+# The published weights' verified ONNX files (models/): `make publish` re-makes them.
 PUBLISHED_ONNX := models/capsnet-mnist.onnx
 # The model every stage takes (serve, build, container, loadtest, loadtest-pinned, replicas, peers, bench): the
 # fp32 ONNX file, or the folder `python -m export` wrote it in, with its variants, decoder, record and card.
@@ -20,6 +19,7 @@ CAPSNET_MODEL ?= $(PUBLISHED_ONNX)
 # Quick CPU model: one pass over 30,000 digits, about 7 minutes on 2 cores, about 98% test accuracy.
 QUICK_TRAIN_ARGS ?= --epochs 1 --limit 30000
 TRAIN_ARGS ?= $(QUICK_TRAIN_ARGS)
+EXPORT_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: setup serve-setup publish web tools replicas peers peers-setup data train export serve loadtest loadtest-pinned build container container-gpu container-gpu-check container-run bench experiments docs-numbers gpu-stage \
@@ -71,13 +71,12 @@ train: setup
 # The run just trained (RUN) -> EXPORTED and its variants, decoder, verification record, card and Triton repository.
 export: setup
 	@[ -f $(RUN)/checkpoint.safetensors ] || { echo "export: no trained run in $(RUN) (make train first, or RUN=...)" >&2; exit 1; }
-	$(PY) -m export --checkpoint $(RUN)/checkpoint.safetensors --out $(EXPORTED)
+	$(PY) -m export --checkpoint $(RUN)/checkpoint.safetensors --out $(EXPORTED) $(EXPORT_ARGS)
 
-# Maintainers: models/ again from the published weights (the same export and verification), then the documents'
-# marked figures re-measured from it.
+# Maintainers: models/ again from the published weights (the same export, verification, variants, card and Triton
+# repository), then every marked figure in the documents re-measured on those files (scripts/docs_numbers.py).
 publish: setup
-	$(PY) -m export --checkpoint $(PUBLISHED) --out $(PUBLISHED_ONNX)
-	$(MAKE) docs-numbers
+	$(PY) scripts/docs_numbers.py
 
 serve: | serve-setup
 	CAPSNET_MODEL=$(CAPSNET_MODEL) $(VENV)/bin/bentoml serve serving.service:CapsNet --host $(HOST) --port $(PORT)
@@ -149,10 +148,10 @@ bench: | setup
 gpu-stage:
 	scripts/gpu-stage.sh
 
-# Re-measure the documents' marked numbers (the README's curl answers, export, load test, pinned) and rewrite
-# them in place from docs/numbers/ (scripts/docs_numbers.py; a few minutes on 2 cores).
+# Re-measure the documents' marked numbers on the published files as they are (int8 recipes, other runtimes, the
+# README's curl answers, load test, pinned, replicas, slow clients) and rewrite them in place from docs/numbers/.
 docs-numbers: | setup
-	$(PY) scripts/docs_numbers.py
+	$(PY) scripts/docs_numbers.py --skip export
 
 experiments: setup
 	$(PY) -m training.evaluate --out docs/experiments

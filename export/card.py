@@ -57,9 +57,13 @@ def card(fp32: Path, report: dict[str, Any], cpu: dict[str, Any], command: str) 
         f" {worst['max_abs_diff_lengths']:.2g} (tolerance {report['tolerance']['lengths']:g}), ONNX's reference"
         f" evaluator's within {report['onnx_reference']['max_abs_diff_lengths']:.2g}; the decoder within"
         f" {report['decoder']['max_abs_diff_moved_poses']:.2g}. Serve it with"
-        f" `make serve CAPSNET_MODEL={fp32.parent}`; int8 answers and speeds differ between CPUs (docs/export.md).",
+        f" `make serve CAPSNET_MODEL={fp32.parent}`.",
         "",
     ]
+    if "int8" in report["variants"]:
+        lines[-2] += (f" int8: {report['variants']['int8'].get('recipe', 'int8 weights, 8-bit, per channel')}"
+                      " (7-bit weights mean the same answers with or without VNNI; speeds differ between CPUs:"
+                      " docs/export.md).")
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""Re-measure the documents' marked numbers and rewrite them in place: `make docs-numbers`.
+"""Re-make the published files and re-measure the documents' marked numbers on them: `make publish`
+(`make docs-numbers`: the numbers only, on the files as they are).
 
 A marked block in a Markdown page is
 
@@ -12,8 +13,8 @@ those files; every run then renders every marked block from them. `tests/test_do
 and fails when a page's block differs from its file (a number changed by hand), and sends the README's
 curl lines to a real service and compares its answers with the page's.
 
-    python scripts/docs_numbers.py [--only NAME ...]   # measure, then render
-    python scripts/docs_numbers.py --render            # render only
+    python scripts/docs_numbers.py [--only NAME ...] [--skip NAME ...]   # measure, then render
+    python scripts/docs_numbers.py --render                              # render only
 """
 
 from __future__ import annotations
@@ -32,15 +33,21 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from timing import describe_cpu  # noqa: E402
+
 NUMBERS = ROOT / "docs" / "numbers"
-PAGES = ("README.md", "docs/serving.md", "docs/loadtest.md", "docs/export.md", "docs/testing.md")
+PAGES = ("README.md", "docs/serving.md", "docs/loadtest.md", "docs/export.md", "docs/testing.md", "docs/runtimes.md")
 BLOCK = re.compile(r"(<!-- numbers: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /numbers -->)", re.S)
 CURLS = ("curl -s -XPOST 127.0.0.1:3000/classify -H 'Content-Type: application/json' -d @docs/examples/digit.json",
          "curl -s -XPOST 127.0.0.1:3000/classify_image -F image=@docs/examples/digit.png")
 
 
 def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} (Python {platform.python_version()})"
+    """The CPU (model, AVX2 / AVX-512 / VNNI / AMX, cores) and the ONNX Runtime build a figure was measured with."""
+    import onnxruntime
+
+    return (f"{describe_cpu()}, {platform.system()}, Python {platform.python_version()}, "
+            f"ONNX Runtime {onnxruntime.__version__} ({', '.join(onnxruntime.get_available_providers())})")
 
 
 def commit() -> str:
@@ -67,10 +74,24 @@ def measure_examples() -> tuple[str, str]:
 
 
 def measure_export() -> tuple[str, str]:
-    """Export's own report (PyTorch's exporter prints its progress on the same stream: left out)."""
-    command = ".venv/bin/python -m export --checkpoint models/capsnet-mnist.safetensors --out artifacts/capsnet.onnx"
+    """The published files made again from the published weights (models/: what make serve, the Bentos and the
+    images serve), with export's own report (PyTorch's exporter prints its progress on the same stream: left out).
+    First, so that every later measurement is of these files."""
+    command = ".venv/bin/python -m export --checkpoint models/capsnet-mnist.safetensors --out models/capsnet-mnist.onnx"
     return command, "".join(line for line in run(command).splitlines(keepends=True)
                             if not line.startswith("[torch.onnx]"))
+
+
+def measure_int8_range() -> tuple[str, str]:
+    """Each int8 recipe on this CPU's kernels and on the AVX2 kernels (docs/export.md)."""
+    command = ".venv/bin/python scripts/int8_range.py"
+    return command, run(command)
+
+
+def measure_runtimes() -> tuple[str, str]:
+    """The published files in OpenVINO and onnxruntime-node against ONNX Runtime (docs/runtimes.md)."""
+    command = ".venv/bin/python scripts/runtimes.py"
+    return command, run(command)
 
 
 def measure_loadtest() -> tuple[str, str]:
@@ -106,8 +127,10 @@ def measure_slowclients() -> tuple[str, str]:
     return command, run(command)
 
 
+# In the order they run: the export first (it re-makes the published files), then what is measured on them.
 MEASURES: dict[str, Callable[[], tuple[str, str]]] = {
-    "examples": measure_examples, "export": measure_export, "loadtest": measure_loadtest, "pinned": measure_pinned,
+    "export": measure_export, "int8-range": measure_int8_range, "runtimes": measure_runtimes,
+    "examples": measure_examples, "loadtest": measure_loadtest, "pinned": measure_pinned,
     "replicas": measure_replicas, "replicas-again": measure_replicas_again, "slowclients": measure_slowclients}
 
 
@@ -137,12 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--render", action="store_true", help="only rewrite the blocks from docs/numbers/")
-    p.add_argument("--only", nargs="+", choices=sorted(MEASURES), default=sorted(MEASURES),
-                   help="the measurements to take")
+    p.add_argument("--only", nargs="+", choices=list(MEASURES), default=list(MEASURES),
+                   help="the measurements to take (export: re-makes the published files in models/)")
+    p.add_argument("--skip", nargs="+", choices=list(MEASURES), default=[], help="measurements not to take")
     args = p.parse_args(argv)
     if not args.render:
         NUMBERS.mkdir(parents=True, exist_ok=True)
-        for name in args.only:
+        for name in [name for name in MEASURES if name in args.only and name not in args.skip]:
             started = time.perf_counter()
             print(f"docs-numbers: measuring {name} ...", file=sys.stderr, flush=True)
             command, text = MEASURES[name]()

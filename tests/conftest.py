@@ -28,6 +28,7 @@ PUBLISHED_ONNX = ROOT / "models" / "capsnet-mnist.onnx"
 SERVICE_ENV = {"CAPSNET_MODEL": str(PUBLISHED_ONNX), "CAPSNET_DEVICE": "cpu"}
 # CI installs every tool the tests use (Chromium, wrk, HAProxy; .ci/run): there, a test that would be skipped for
 # a missing tool runs and fails instead
+OWN_CANVAS = 32  # the image size of the tests' own model (own_run)
 REQUIRE_TOOLS = bool(os.environ.get("CAPSNET_REQUIRE_TOOLS") or os.environ.get("CI"))
 
 
@@ -108,17 +109,32 @@ def tiny_run(tmp_path_factory, mnist_root) -> Path:
     return out
 
 
+def make(*args: str) -> str:
+    """A make target of the project's Makefile, as a user runs it; its output (AssertionError on failure)."""
+    run = subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, f"make {' '.join(args)}: {run.stdout[-2000:]}{run.stderr[-2000:]}"
+    return run.stdout
+
+
 @pytest.fixture(scope="session")
-def exported(tiny_run, tmp_path_factory, mnist_root):
-    """The tiny checkpoint through the real CLI (verification included): a model folder of the tests' own, which
-    the container test builds its image from."""
+def own_run(tmp_path_factory, mnist_root) -> Path:
+    """A user's own run, the README's way (`make train RUN=...`): a CapsNet for 32x32 images (MNIST's digits centred
+    on a bigger canvas), 1 epoch on 256 digits. Another size than the published model's, so that every later stage
+    must take the size from the graph, and the published model cannot answer for it."""
+    out = tmp_path_factory.mktemp("own") / "run"
+    make("train", f"RUN={out}", f"TRAIN_ARGS=--epochs 1 --limit 256 --test-limit 200 --canvas {OWN_CANVAS} --seed 3 "
+                                f"--quiet --data {mnist_root}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported(own_run, tmp_path_factory, mnist_root) -> Path:
+    """`make export` of that run (verification included): the model folder of the tests' own, which test_export
+    checks and the container test builds its Bento and image from. Its fp32 file."""
     out = tmp_path_factory.mktemp("export") / "capsnet.onnx"
-    run = subprocess.run([sys.executable, "-m", "export", "--checkpoint", str(tiny_run / "checkpoint.safetensors"),
-                          "--out", str(out), "--accuracy-digits", "500", "--verify-digits", "500", "--batch-seconds", "0.05",
-                          "--data", str(mnist_root)],
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert "test accuracy through ONNX Runtime" in run.stdout
+    printed = make("export", f"RUN={own_run}", f"EXPORTED={out}",
+                   f"EXPORT_ARGS=--accuracy-digits 500 --verify-digits 200 --batch-seconds 0.05 --data {mnist_root}")
+    assert "test accuracy through ONNX Runtime" in printed
     return out
 
 
