@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 3000
+GRPC_PORT ?= 8001
 HOST ?= 127.0.0.1
 
 # Your own model: `make train` trains RUN, `make export` exports it into EXPORTED's folder, and every stage after
@@ -54,10 +55,11 @@ serve-setup: $(VENV)/.serve
 setup: $(VENV)/.installed tools
 
 # Debian's tools the tests and targets use, where this machine lets us install them (root and apt-get): Chromium
-# (the page, tests/test_ui.py), HAProxy (make replicas), wrk (make loadtest-pinned, make peers). One apt-get run.
-TOOLS := chromium haproxy wrk
+# (the page, tests/test_ui.py), HAProxy (make replicas), wrk (make loadtest-pinned, make peers), qemu-user (the
+# AVX2-only CPU's int8 kernels, export/avx2.py). One apt-get run; each as package:command.
+TOOLS := chromium:chromium haproxy:haproxy wrk:wrk qemu-user:qemu-x86_64
 tools:
-	@missing="$$(for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || echo $$t; done)"; \
+	@missing="$$(for t in $(TOOLS); do command -v $${t#*:} >/dev/null 2>&1 || echo $${t%%:*}; done)"; \
 	[ -z "$$missing" ] || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && apt-get update -qq \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
 	  || echo "note: Debian's $$missing could not be installed here; the tests that need them are skipped"
@@ -79,7 +81,8 @@ publish: setup
 	$(PY) scripts/docs_numbers.py
 
 serve: | serve-setup
-	CAPSNET_MODEL=$(CAPSNET_MODEL) $(VENV)/bin/bentoml serve serving.service:CapsNet --host $(HOST) --port $(PORT)
+	CAPSNET_MODEL=$(CAPSNET_MODEL) CAPSNET_GRPC_HOST=$(or $(CAPSNET_GRPC_HOST),$(HOST)) \
+	  $(VENV)/bin/bentoml serve serving.service:CapsNet --host $(HOST) --port $(PORT)
 
 # The serving peers (PyTriton, LitServe, Ray Serve) in a venv of their own: PyTriton holds numpy below 2.
 PEERS_VENV := .venv-peers
@@ -139,7 +142,7 @@ container-gpu-check:
 
 # The CPU image on HOST:PORT, with every CAPSNET_* setting of the environment but CAPSNET_MODEL (deploy/container/run.sh).
 container-run:
-	HOST=$(HOST) PORT=$(PORT) deploy/container/run.sh cpu
+	HOST=$(HOST) PORT=$(PORT) GRPC_PORT=$(GRPC_PORT) deploy/container/run.sh cpu
 
 bench: | setup
 	$(PY) -m export.bench --onnx $(CAPSNET_MODEL) $(BENCH_ARGS)

@@ -47,9 +47,9 @@ def card(fp32: Path, report: dict[str, Any], cpu: dict[str, Any], command: str) 
     ]
     for name, path, accuracy, loss, batch in rows:
         lines.append(f"| `{path.name}` | {name} | {accuracy:.2%} | {loss or '-'} | {batch or '-'} |"
-                     f" {path.stat().st_size / 1e6:.1f} MB | `{sha256(path)[:16]}` |")
+                     f" {path.stat().st_size / 1e6:.1f} MB | `{sha256(path)}` |")
     lines.append(f"| `{decoder.name}` | decoder | - | - | - | {decoder.stat().st_size / 1e6:.1f} MB |"
-                 f" `{sha256(decoder)[:16]}` |")
+                 f" `{sha256(decoder)}` |")
     worst = max(report["onnxruntime"].values(), key=lambda d: d["max_abs_diff_lengths"])
     lines += [
         "",

@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> dict:
         result: dict = {}
         stop = threading.Event()
         load = threading.Thread(target=lambda: result.update(swarm(front_url, args.users, BOUND_S, args.out,
-                                                                  load_env, stop=stop)))
+                                                                  load_env, stop=stop, server_split=False)))
         started = time.time()
         load.start()
         if args.mode == "rolling":

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from loadtest.prometheus import scrape, split
 from loadtest.server import MODEL_HELP, children_cpu_seconds, model_file, running_service
 from serving.limits import MAX_BATCH
 from serving.runtime import CapsNetRuntime
@@ -60,10 +61,29 @@ def read_stats(stats_csv: Path) -> dict:
         "failures": int(row["Failure Count"]),
         "requests_per_s": round(float(row["Requests/s"]), 1),
         "p50_ms": float(row["50%"]),
+        "p90_ms": float(row["90%"]),
         "p95_ms": float(row["95%"]),
         "p99_ms": float(row["99%"]),
         "mean_ms": round(float(row["Average Response Time"]), 1),
     }
+
+
+REPORT_HEADER = (f"{'users':>6} {'req/s':>8} {'images/s':>9} {'p50':>6} {'p90':>6} {'p95':>6} {'p99':>6} {'fails':>6}"
+                 f" {'of in-process':>14} {'queue':>7} {'compute':>8} {'batch':>6} {'Locust CPU':>11}")
+
+
+def report_line(s: dict) -> str:
+    """One step of the report: the client's view, then the server's split (- where it has none)."""
+    server = s["server"] or {"queue_ms": None, "compute_ms": None, "batch_images": None}
+
+    def shown(value: float | None, form: str) -> str:
+        return "-" if value is None else format(value, form)
+
+    return (f"{s['users']:>6} {s['requests_per_s']:>8.1f} {s['images_per_s']:>9.1f} {s['p50_ms']:>6.0f} "
+            f"{s['p90_ms']:>6.0f} {s['p95_ms']:>6.0f} {s['p99_ms']:>6.0f} {s['failures']:>6}"
+            f" {s['fraction_of_in_process']:>14.0%} {shown(server['queue_ms'], '.1f'):>7}"
+            f" {shown(server['compute_ms'], '.1f'):>8} {shown(server['batch_images'], '.1f'):>6}"
+            f" {s['locust_cpu_cores']:>11.2f}")
 
 
 SLO_OVERHEAD = 2.0  # the derived p99 bound: this many times the model's own time for the requests ahead ...
@@ -77,12 +97,14 @@ def derived_slo_ms(users: int, images_per_request: int, in_process_images_per_s:
 
 
 def swarm(url: str, users: int, duration: int, out: Path, env: dict[str, str], processes: int = 1,
-          stop: threading.Event | None = None) -> dict:
+          stop: threading.Event | None = None, server_split: bool = True) -> dict:
     """One bounded headless Locust run (in `processes` processes: Locust's --processes); returns its aggregated
     stats and the CPU Locust itself took, in cores (its processes' CPU time over the step's duration). With
     `stop`, the run lasts until that event is set (`duration` is then only its upper bound), and Locust is
-    stopped as Ctrl-C stops it, its stats written."""
+    stopped as Ctrl-C stops it, its stats written. With server_split, the service's /metrics before and after say
+    how its requests split into queue and compute (loadtest/prometheus.py): a single service's, not a balancer's."""
     prefix = out / f"locust-u{users}"
+    server_before = scrape(url) if server_split else None
     cpu_before = children_cpu_seconds()
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -105,7 +127,8 @@ def swarm(url: str, users: int, duration: int, out: Path, env: dict[str, str], p
     images = int(env["CAPSNET_LOAD_IMAGES"])
     return {"users": users, "duration_s": duration, **stats,
             "images_per_s": round(stats["requests_per_s"] * images, 1), "locust_processes": processes,
-            "locust_cpu_cores": round(locust_cores, 2)}
+            "locust_cpu_cores": round(locust_cores, 2),
+            "server": None if server_before is None else split(server_before, scrape(url))}
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -221,12 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(summary, args.out / "loadtest.png")
     print(f"\n{variant} model, {args.images_per_request} images per request as {args.body}")
-    print(f"{'users':>6} {'req/s':>8} {'images/s':>9} {'p50':>6} {'p95':>6} {'p99':>6} {'fails':>6}"
-          f" {'of in-process':>14} {'Locust CPU':>11}")
+    print(REPORT_HEADER)
     for s in steps:
-        print(f"{s['users']:>6} {s['requests_per_s']:>8.1f} {s['images_per_s']:>9.1f} {s['p50_ms']:>6.0f} "
-              f"{s['p95_ms']:>6.0f} {s['p99_ms']:>6.0f} {s['failures']:>6} {s['fraction_of_in_process']:>14.0%}"
-              f" {s['locust_cpu_cores']:>11.2f}")
+        print(report_line(s))
+    print("ms: the client's latency percentiles; queue: a request's mean wait for its batch, compute: the model's"
+          " mean run per batch, batch: mean images per batch (the service's /metrics over the same step)")
     busy = [s["users"] for s in steps if s["locust_cpu_cores"] / s["locust_processes"] >= LOCUST_BUSY]
     if busy:
         print(f"Locust used {LOCUST_BUSY:.0%} or more of a core per process at {busy} users: it may have been the"

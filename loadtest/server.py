@@ -78,9 +78,12 @@ def bentoml_serve(port: int, target: str = SERVICE, python: str = sys.executable
 
 def start(command: list[str], env: dict[str, str] | None, out: IO, cores: set[int] | None = None,
           cwd: Path | None = None) -> subprocess.Popen:
-    """command in a session of its own (its output to `out`), pinned to `cores` when given."""
+    """command in a session of its own (its output to `out`), pinned to `cores` when given. Our service's gRPC gets
+    a free port unless env names one: never the machine-wide default 8001, which another service (a replica
+    beside it, a developer's `make serve`) may hold."""
     pin = ["taskset", "-c", ",".join(map(str, sorted(cores)))] if cores else []
-    return subprocess.Popen([*pin, *command], env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+    env = {**os.environ, "CAPSNET_GRPC_PORT": str(free_port()), **(env or {})}
+    return subprocess.Popen([*pin, *command], env=env, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True, cwd=cwd)
 
 
@@ -109,16 +112,21 @@ def started(command: list[str], port: int, env: dict[str, str] | None = None, lo
 class Service:
     url: str
     pid: int  # the `bentoml serve` process; its workers are its children
+    grpc: str = ""  # host:port of its Open Inference Protocol over gRPC ("" when off)
 
 
 @contextlib.contextmanager
 def running_service(port: int | None = None, target: str = SERVICE, env: dict[str, str] | None = None,
                     log: Path | None = None, timeout: float = 180, python: str = sys.executable,
                     cores: set[int] | None = None) -> Iterator[Service]:
-    """A running `bentoml serve` process (URL and pid), run by `python`, stopped with all its workers afterwards."""
+    """A running `bentoml serve` process (URL, pid, gRPC address), run by `python`, stopped with all its workers
+    afterwards. Its gRPC port is a free one unless env sets CAPSNET_GRPC_PORT (never the shared default 8001,
+    which another service on this machine may hold)."""
     port = port or free_port()
+    env = {"CAPSNET_GRPC_PORT": str(free_port()), **(env or {})}
+    grpc = f"{HOST}:{env['CAPSNET_GRPC_PORT']}" if env["CAPSNET_GRPC_PORT"] != "0" else ""
     with started(bentoml_serve(port, target, python), port, env, log, timeout, cores=cores) as proc:
-        yield Service(f"http://{HOST}:{port}", proc.pid)
+        yield Service(f"http://{HOST}:{port}", proc.pid, grpc)
 
 
 def stop_tree(proc: subprocess.Popen, timeout: float = 20) -> None:

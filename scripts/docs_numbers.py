@@ -24,11 +24,13 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 from timing import describe_cpu  # noqa: E402
 
 NUMBERS = ROOT / "docs" / "numbers"
-PAGES = ("README.md", "docs/serving.md", "docs/loadtest.md", "docs/export.md", "docs/testing.md", "docs/runtimes.md")
+PAGES = ("README.md", "BENCHMARKS.md", "docs/serving.md", "docs/loadtest.md", "docs/export.md", "docs/testing.md", "docs/runtimes.md", "docs/containers.md",
+         "models/README.md")
 BLOCK = re.compile(r"(<!-- numbers: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /numbers -->)", re.S)
 CURLS = ("curl -s -XPOST 127.0.0.1:3000/classify -H 'Content-Type: application/json' -d @docs/examples/digit.json",
          "curl -s -XPOST 127.0.0.1:3000/classify_image -F image=@docs/examples/digit.png")
@@ -88,6 +91,12 @@ def measure_int8_range() -> tuple[str, str]:
     return command, run(command)
 
 
+def measure_int8_avx2() -> tuple[str, str]:
+    """The published int8 file on all 10,000 test digits under the AVX2-only CPU's kernels (about 20 minutes)."""
+    command = ".venv/bin/python scripts/int8_avx2.py"
+    return command, run(command)
+
+
 def measure_runtimes() -> tuple[str, str]:
     """The published files in OpenVINO and onnxruntime-node against ONNX Runtime (docs/runtimes.md)."""
     command = ".venv/bin/python scripts/runtimes.py"
@@ -122,6 +131,104 @@ def measure_replicas_again() -> tuple[str, str]:
     return replicas_runs([("rolling", "docs-replicas-2"), ("kill", "docs-replicas-3")])
 
 
+@contextmanager
+def container_running(port: int, env: dict[str, str]) -> Iterator[str]:
+    """`make container-run` on port, in its own process group (as a terminal runs it), stopped with SIGTERM, which
+    run.sh handles as it does Ctrl-C (SIGINT would be ignored when this script runs in the background of a shell)."""
+    from loadtest.server import wait_ready
+
+    proc = subprocess.Popen(["make", "--no-print-directory", "container-run", f"PORT={port}"], cwd=ROOT,
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", 300, proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=120)
+
+
+def metadata(url: str, keys: tuple[str, ...]) -> str:
+    import httpx
+
+    answer = httpx.post(url + "/metadata", json={}, timeout=60).json()
+    return json.dumps({key: answer[key] for key in keys})
+
+
+def kept(command: str, keep: Callable[[str], bool], env: dict[str, str] | None = None) -> str:
+    """'$ command' and the lines of what it printed that `keep` keeps."""
+    out = run(command + " 2>&1", env).replace(f"{ROOT}/", "")  # paths as the repository names them
+    return f"$ {command}\n" + "".join(line for line in out.splitlines(keepends=True) if keep(line))
+
+
+def measure_container() -> tuple[str, str]:
+    """The published model's CPU image: its build (size, time) and its answer (README, docs/containers.md)."""
+    from loadtest.server import free_port
+
+    port = free_port()
+    text = kept("make container", lambda line: line.startswith(("container:", "base-image:", "bento: built")))
+    started = time.perf_counter()
+    with container_running(port, {}) as url:
+        text += (f"$ make container-run PORT={port}   # /readyz answered {time.perf_counter() - started:.1f} s after the start\n"
+                 f"$ curl -s -XPOST 127.0.0.1:{port}/metadata -d '{{}}'\n")
+        text += metadata(url, ("model_file", "file_sha256", "variant", "providers")) + "\n"
+    return "make container; make container-run (timed to its first ready answer); curl /metadata (its keys that name the model)", text
+
+
+def measure_container_gpu() -> tuple[str, str]:
+    """The published model's GPU image: its build and its check without a GPU (docs/containers.md)."""
+    text = kept("make container-gpu", lambda line: line.startswith("container: built"))
+    return "make container-gpu; make container-gpu-check", text + kept("make container-gpu-check", lambda line: True)
+
+
+OWN = "runs/docs-own"  # the own-model measurement's run and export: beside a user's runs/quick and artifacts/
+
+
+def measure_own_model() -> tuple[str, str]:
+    """The README's 'Your own model' commands, each with what it printed (the lines that say what happened), with
+    RUN and EXPORTED in a folder of their own so that a maintainer's runs/quick and artifacts/ stay as they are."""
+    from loadtest.server import free_port, running_service
+
+    model = f"{OWN}/model"
+    files = ("model_file", "file_sha256", "variant", "test_accuracy")
+    text = kept(f'make train RUN={OWN}/run TRAIN_ARGS="--epochs 1 --limit 10000"', lambda line: line[:1] in "c{")
+    text += kept(f"make export RUN={OWN}/run EXPORTED={model}/capsnet.onnx",
+                 lambda line: line.startswith(("test accuracy", "int8 variant", "wrote")))
+    port = free_port()
+    with running_service(port=port, env={"CAPSNET_MODEL": model, "CAPSNET_DEVICE": "cpu"}) as service:
+        text += (f"$ make serve CAPSNET_MODEL={model} PORT={port}\n$ curl -s -XPOST 127.0.0.1:{port}/metadata -d '{{}}'\n"
+                 + metadata(service.url, files) + "\n")
+    text += kept(f"sha256sum {model}/capsnet-int8.onnx", lambda line: True)
+    image = {"IMAGE": "capsnet:own"}
+    text += kept(f"make container CAPSNET_MODEL={model} IMAGE=capsnet:own",
+                 lambda line: line.startswith(("bento: built", "container: built")), image)
+    with container_running(port, image) as url:
+        text += (f"$ make container-run IMAGE=capsnet:own PORT={port}\n$ curl -s -XPOST 127.0.0.1:{port}/metadata -d '{{}}'\n"
+                 + metadata(url, files[:3]) + "\n")
+    subprocess.run("buildah rmi -f localhost/capsnet:own || docker rmi -f capsnet:own", shell=True, capture_output=True)
+    text += kept(f'make loadtest CAPSNET_MODEL={model} LOADTEST_ARGS="--users 1 4 16 --duration 5"',
+                 lambda line: line.startswith(("int8 model", " users ", "p99 SLO")) or line[:6].strip().isdigit())
+    return f"the README's five lines with RUN and EXPORTED under {OWN}/", text
+
+
+def measure_fresh_clone() -> tuple[str, str]:
+    """The README's test command from a fresh clone of HEAD, install included (.ci/run), then make test-quick."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        clone = Path(folder) / "capsnet"
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+        lines = []
+        for command in (".ci/run", "make test-quick"):
+            started = time.perf_counter()
+            done = subprocess.run(command, shell=True, cwd=clone, capture_output=True, text=True, timeout=3600)
+            seconds = time.perf_counter() - started
+            summary = [line for line in done.stdout.splitlines() if line.startswith("=") and " in " in line]
+            lines.append(f"$ {command}   # exit {done.returncode}, {seconds / 60:.0f} min {seconds % 60:.0f} s\n"
+                         f"{summary[-1] if summary else done.stdout[-500:]}\n")
+    return "git clone of HEAD into a temporary folder, then .ci/run and make test-quick there, timed", "".join(lines)
+
+
 def measure_slowclients() -> tuple[str, str]:
     command = ".venv/bin/python -m loadtest.slowclients --out runs/docs-slowclients"
     return command, run(command)
@@ -129,16 +236,19 @@ def measure_slowclients() -> tuple[str, str]:
 
 # In the order they run: the export first (it re-makes the published files), then what is measured on them.
 MEASURES: dict[str, Callable[[], tuple[str, str]]] = {
-    "export": measure_export, "int8-range": measure_int8_range, "runtimes": measure_runtimes,
+    "export": measure_export, "int8-range": measure_int8_range, "int8-avx2": measure_int8_avx2,
+    "runtimes": measure_runtimes,
     "examples": measure_examples, "loadtest": measure_loadtest, "pinned": measure_pinned,
-    "replicas": measure_replicas, "replicas-again": measure_replicas_again, "slowclients": measure_slowclients}
+    "replicas": measure_replicas, "replicas-again": measure_replicas_again, "slowclients": measure_slowclients,
+    "container": measure_container, "container-gpu": measure_container_gpu, "own-model": measure_own_model, "fresh-clone": measure_fresh_clone}
 
 
 def render(name: str) -> str:
     """A block's text from docs/numbers/NAME.json."""
     record = json.loads((NUMBERS / f"{name}.json").read_text())
-    return (f"Measured with `{record['command']}` on {record['machine']}, {record['date']}, commit {record['commit']}:\n\n"
-            f"```\n{record['text'].rstrip()}\n```\n")
+    text = record["text"].rstrip()
+    shown = text if text.startswith("|") else f"```\n{text}\n```"  # a Markdown table as a table, else as printed
+    return f"Measured with `{record['command']}` on {record['machine']}, {record['date']}, commit {record['commit']}:\n\n{shown}\n"
 
 
 def rendered(text: str) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from serving.framework import UvicornServer, take_sigterm
 
@@ -33,6 +33,7 @@ class Drain:
         self.draining = False
         self._server: UvicornServer | None = None  # uvicorn's Server, whose SIGTERM handler we take over
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.on_stop: list[Callable[[], Awaitable[Any]]] = []  # other servers of this worker (gRPC), stopped with it
 
     def install(self) -> bool:
         """Take over SIGTERM from uvicorn in this worker (call it from the event loop, in the main thread).
@@ -58,6 +59,8 @@ class Drain:
         if self._server.stopping:
             return
         self._server.stop()
+        for stop in self.on_stop:
+            self._loop.create_task(stop())
         self._loop.call_later(self.timeout, self._force)
 
     def _force(self) -> None:

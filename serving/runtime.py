@@ -170,8 +170,7 @@ class CapsNetRuntime:
 
     def predict(self, images: np.ndarray) -> Prediction:
         """images: float32 (N, 1, S, S), already validated."""
-        # the graph also computes the routing summary, which costs nothing measurable (BENCHMARKS.md, "The routing
-        # outputs"); ONNX Runtime's only_execute_path_to_fetches, which would skip it, measured no faster
+        # the graph also computes the routing summary, which costs nothing measurable (docs/history.md); ONNX Runtime's only_execute_path_to_fetches, which would skip it, measured no faster
         lengths, reconstruction = self.session.run([LENGTHS, RECONSTRUCTION], {self.input_name: images})
         return Prediction(lengths.argmax(1), lengths, reconstruction[:, 0])
 

@@ -11,6 +11,7 @@ layer in front of BentoML's app, which BentoML builds before this instance and w
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import typing as t
 
@@ -23,11 +24,13 @@ from serving.batching import make_batcher
 from serving.errors import answered
 from serving.lifecycle import Drain
 from serving.limits import MAX_CONCURRENCY
+from serving.metrics import batcher_metrics
 from serving.routes import Routes
 from serving.runtime import CapsNetRuntime, ModelError
 from serving.sessions import DeviceError
 from serving.settings import Settings, SettingsError
 from serving.v2 import OpenInference
+from serving.v2_grpc import GrpcInference, check_port, grpc_server
 
 STARTUP_ERRORS = (DeviceError, ModelError, FileNotFoundError, SettingsError)
 
@@ -74,15 +77,23 @@ class CapsNet:
         that fails, is restarted by BentoML and fails again."""
         try:
             open_runtime(SETTINGS)
+            if SETTINGS.grpc_port:
+                check_port(SETTINGS.grpc_host, SETTINGS.grpc_port)
         except STARTUP_ERRORS as err:
             cannot_start(err)
 
     def __init__(self) -> None:
         runtime = open_runtime(SETTINGS)
-        batcher = make_batcher(SETTINGS.batcher, runtime)
+        batcher = make_batcher(SETTINGS.batcher, runtime, batcher_metrics() if SETTINGS.metrics else None)
         self.routes = Routes(runtime, batcher, SETTINGS)
-        WORKER.bind(self.routes, OpenInference(runtime, batcher, SETTINGS, ready=lambda: not DRAIN.draining))
+        v2 = OpenInference(runtime, batcher, SETTINGS, ready=lambda: not DRAIN.draining)
+        WORKER.bind(self.routes, v2)
         DRAIN.install()  # SIGTERM: not ready, Connection: close, then stop (serving/lifecycle.py)
+        if SETTINGS.grpc_port:  # the same protocol over gRPC, in this worker's event loop (serving/v2_grpc.py)
+            self.grpc = grpc_server(GrpcInference(v2, ready=lambda: not DRAIN.draining), SETTINGS.grpc_port,
+                                    SETTINGS.grpc_host, share_port=SETTINGS.workers > 1)
+            asyncio.get_running_loop().create_task(self.grpc.start())
+            DRAIN.on_stop.append(lambda: self.grpc.stop(SETTINGS.drain_timeout))
 
     def __is_ready__(self) -> bool:
         """/readyz: 503 once SIGTERM has started the drain."""

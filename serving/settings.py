@@ -20,6 +20,9 @@
                         connection's start or its previous answer; then it is closed (default 10;
                         serving/connections.py)
     CAPSNET_MAX_CONNECTIONS open connections per worker; one over it is closed at once (default 1000)
+    CAPSNET_GRPC_PORT   the Open Inference Protocol over gRPC on this port, in every worker (default 8001, as Triton
+                        and KServe; 0 turns it off; serving/v2_grpc.py)
+    CAPSNET_GRPC_HOST   the address it listens on (default 127.0.0.1; the images set 0.0.0.0)
 
 A value that cannot be read raises SettingsError, whose message names the variable and what it takes;
 the service turns it into `capsnet: cannot start: ...` and exit code 1.
@@ -94,6 +97,8 @@ class Settings:
     drain_timeout: float = 10.0
     read_timeout: float = 10.0
     max_connections: int = 1000
+    grpc_port: int = 8001
+    grpc_host: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -118,13 +123,22 @@ class Settings:
                    drain_timeout=seconds("CAPSNET_DRAIN_TIMEOUT", raw("DRAIN_TIMEOUT"), cls.drain_timeout),
                    read_timeout=seconds("CAPSNET_READ_TIMEOUT", raw("READ_TIMEOUT"), cls.read_timeout, least=0.1),
                    max_connections=(whole("CAPSNET_MAX_CONNECTIONS", raw("MAX_CONNECTIONS"), 1)
-                                    if raw("MAX_CONNECTIONS") else cls.max_connections))
+                                    if raw("MAX_CONNECTIONS") else cls.max_connections),
+                   grpc_port=port("CAPSNET_GRPC_PORT", raw("GRPC_PORT")) if raw("GRPC_PORT") else cls.grpc_port,
+                   grpc_host=raw("GRPC_HOST") or cls.grpc_host)
 
 
 def whole(name: str, raw: str, least: int) -> int:
     """A whole number of at least `least`; else SettingsError."""
     if not raw.isdigit() or int(raw) < least:
         raise SettingsError(f"{name}={raw!r}: expected a whole number of {least} or more")
+    return int(raw)
+
+
+def port(name: str, raw: str) -> int:
+    """A TCP port, 0 for none; else SettingsError."""
+    if not raw.isdigit() or int(raw) > 65535:
+        raise SettingsError(f"{name}={raw!r}: expected a port number, 1 to 65535 (0: off)")
     return int(raw)
 
 

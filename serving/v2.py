@@ -70,24 +70,29 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
     return header, body[size:]
 
 
+def check_input(name: Any, datatype: Any, shape: Any, input_name: str, size: int) -> list[int]:
+    """The one input tensor's name, datatype and shape, checked (over HTTP and gRPC alike): FP32 [N, 1, size, size],
+    1 <= N <= MAX_BATCH; its shape."""
+    if name != input_name:
+        raise InvalidInput(f"unknown input {name!r}; the model's one input is '{input_name}'")
+    if datatype != "FP32":
+        raise InvalidInput(f"input '{input_name}' has datatype {datatype!r}; the model takes FP32")
+    if (not isinstance(shape, list) or len(shape) != 4 or shape[1:] != [1, size, size]
+            or not all(type(d) is int for d in shape) or shape[0] < 1):
+        raise InvalidInput(f"input '{input_name}' has shape {shape}; the model takes [N, 1, {size}, {size}]"
+                           f" with N >= 1")
+    if shape[0] > MAX_BATCH:
+        raise TooLarge(f"input '{input_name}' holds {shape[0]} images; at most {MAX_BATCH} per request")
+    return shape
+
+
 def read_images(header: dict[str, Any], binary: bytes, input_name: str, size: int) -> np.ndarray:
     """The one input tensor, checked: FP32 [N, 1, size, size] in [0, 1], 1 <= N <= MAX_BATCH."""
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise InvalidInput(f"'inputs' must hold exactly one tensor, '{input_name}'")
     tensor = inputs[0]
-    if tensor.get("name") != input_name:
-        raise InvalidInput(f"unknown input {tensor.get('name')!r}; the model's one input is '{input_name}'")
-    if tensor.get("datatype") != "FP32":
-        raise InvalidInput(f"input '{input_name}' has datatype {tensor.get('datatype')!r}; the model takes FP32")
-    shape = tensor.get("shape")
-    expected = [1, size, size]
-    if (not isinstance(shape, list) or len(shape) != 4 or shape[1:] != expected
-            or not all(type(d) is int for d in shape) or shape[0] < 1):
-        raise InvalidInput(f"input '{input_name}' has shape {shape}; the model takes [N, 1, {size}, {size}]"
-                           f" with N >= 1")
-    if shape[0] > MAX_BATCH:
-        raise TooLarge(f"input '{input_name}' holds {shape[0]} images; at most {MAX_BATCH} per request")
+    shape = check_input(tensor.get("name"), tensor.get("datatype"), tensor.get("shape"), input_name, size)
     count = shape[0] * size * size
     claimed = (tensor.get("parameters") or {}).get("binary_data_size")
     if claimed is not None:
@@ -208,18 +213,26 @@ class OpenInference:
     def model_metadata(self, version: str | None) -> dict[str, Any]:
         return {"name": MODEL, "versions": self.versions(), "platform": PLATFORM, **self.signature}
 
+    async def outputs(self, version: str, images: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        """The named outputs of a version on checked images (HTTP and gRPC): through the batcher where it runs
+        them, else in the version's own session, in a thread."""
+        if version == self.runtime.variant and set(names) <= BATCHED:
+            p = await self.batcher.predict_async(images)
+            arrays = {"lengths": p.lengths, "reconstruction": p.reconstructions[:, None]}
+            return [arrays[name] for name in names]
+        runtime = await anyio.to_thread.run_sync(self.version_runtime, version)
+        return await anyio.to_thread.run_sync(runtime.run, names, images)
+
+    def output_name(self, name: Any) -> str:
+        if name not in self.output_names:
+            raise InvalidInput(f"unknown output {name!r}; the model's outputs: {', '.join(self.output_names)}")
+        return name
+
     async def infer(self, version: str, body: bytes, header_length: str | None) -> Response:
         header, binary = split_body(body, header_length)
         images = read_images(header, binary, self.runtime.input_name, self.runtime.image_size)
         wanted = requested_outputs(header, self.output_names)
-        names = [name for name, _ in wanted]
-        if version == self.runtime.variant and set(names) <= BATCHED:
-            p = await self.batcher.predict_async(images)
-            arrays = {"lengths": p.lengths, "reconstruction": p.reconstructions[:, None]}
-            values = [arrays[name] for name in names]
-        else:
-            runtime = await anyio.to_thread.run_sync(self.version_runtime, version)
-            values = await anyio.to_thread.run_sync(runtime.run, names, images)
+        values = await self.outputs(version, images, [name for name, _ in wanted])
         tensors = [Tensor(name, value, binary) for (name, binary), value in zip(wanted, values)]
         return infer_response(MODEL, version, header.get("id"), tensors)
 

@@ -59,13 +59,6 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
-def has_vnni() -> bool:
-    """Whether this x86-64 CPU multiplies u8 by s8 in 32 bits (VNNI, AMX); without it ONNX Runtime's AVX2 kernels
-    add pairs of products in 16 bits, which saturate, and the int8 file's answers move (docs/export.md)."""
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return any(flag in flags.split() for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
-
-
 BASE_IMAGE_LOG = ROOT / "runs" / "test-base-image.log"
 BACKGROUND: dict[str, subprocess.Popen] = {}
 
@@ -146,12 +139,13 @@ def served_onnx() -> Path:
 
 
 def service_module(env: dict[str, str]):
-    """serving.service imported with exactly these CAPSNET_* settings (it reads them once, at import); the
-    environment is restored afterwards."""
+    """serving.service imported with exactly these CAPSNET_* settings (it reads them once, at import), and no gRPC
+    server unless env asks for one (an in-process service's gRPC is tests/test_grpc.py's own); the environment is
+    restored afterwards."""
     saved = dict(os.environ)
     for name in [n for n in os.environ if n.startswith("CAPSNET_") and n != "CAPSNET_MNIST_TGZ"]:
         del os.environ[name]
-    os.environ.update(env)
+    os.environ.update({"CAPSNET_GRPC_PORT": "0", **env})
     try:
         if "serving.service" in sys.modules:
             return importlib.reload(sys.modules["serving.service"])

@@ -13,6 +13,7 @@ from serving.app import Bound, Front
 from serving.batching import BATCHERS, MicroBatcher
 from serving.errors import Overloaded
 from serving.lifecycle import Drain
+from serving.metrics import BatcherMetrics
 from serving.routes import Routes
 from serving.runtime import CapsNetRuntime
 from serving.settings import Settings
@@ -37,6 +38,25 @@ def test_concurrent_requests_share_runs_and_each_gets_its_rows(runtime, mnist_ro
     assert sum(batcher.batch_sizes) == 120
     assert max(batcher.batch_sizes) > 3 and max(batcher.batch_sizes) <= 64  # merged, never over the cap
     assert len(batcher.batch_sizes) < 40
+
+
+class Observed(list):
+    """A histogram that keeps what it observed."""
+    observe = list.append
+
+
+def test_the_batcher_metrics_see_each_request_and_batch(runtime, mnist_root):
+    """Every request's wait is observed once, every batch's run, request count and image count once."""
+    x = read_split("test", mnist_root, 60)[0][:, None]
+    metrics = BatcherMetrics(Observed(), Observed(), Observed(), Observed())
+    batcher = MicroBatcher(runtime, max_batch=64, metrics=metrics)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(batcher.predict, [x[i:i + 3] for i in range(0, 60, 3)]))  # 20 requests of 3 images
+    assert len(metrics.queue_seconds) == 20 == sum(metrics.batch_requests)
+    assert metrics.batch_images == batcher.batch_sizes and sum(metrics.batch_images) == 60
+    assert len(metrics.run_seconds) == len(batcher.batch_sizes) and min(metrics.run_seconds) > 0
+    assert min(metrics.queue_seconds) >= 0
+    assert max(metrics.batch_requests) > 1  # merged: eight clients at once
 
 
 @pytest.mark.parametrize("kind", sorted(BATCHERS))
@@ -160,3 +180,25 @@ def test_the_merge_cap_is_the_served_files_measured_best_batch(runtime):
     rates = json.loads(runtime.metadata["cpu_images_per_s"])
     assert set(rates) == {"1", "2", "4", "8", "16", "32", "64", "128", "256"} and min(rates.values()) > 0
     assert runtime.merge_cap == int(runtime.metadata["cpu_best_batch"]) == int(max(rates, key=rates.get))
+
+
+def test_a_load_step_split_read_from_the_metrics_text():
+    """loadtest/prometheus.py reads the batcher's histograms as prometheus_client writes them, and the difference
+    between two scrapes is the mean queue time, run time and batch size of what ran between them."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from loadtest.prometheus import parse, split
+    from serving.metrics import COUNTS, SECONDS
+
+    registry = CollectorRegistry()
+    metrics = BatcherMetrics(*(Histogram(name, name, buckets=buckets, registry=registry) for name, buckets in (
+        ("capsnet_batch_queue_seconds", SECONDS), ("capsnet_batch_run_seconds", SECONDS),
+        ("capsnet_batch_requests", COUNTS), ("capsnet_batch_images", COUNTS))))
+    metrics.observe([0.5], 1.0, 8)  # before the step
+    before = parse(generate_latest(registry).decode())
+    metrics.observe([0.001, 0.003], 0.004, 16)
+    metrics.observe([0.002], 0.002, 8)
+    assert split(before, parse(generate_latest(registry).decode())) == {
+        "queue_ms": 2.0, "compute_ms": 3.0, "batch_requests": 1.5, "batch_images": 12.0, "batches": 2.0,
+        "requests": 3.0}
+    assert split(before, before)["queue_ms"] is None

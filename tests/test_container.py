@@ -88,15 +88,20 @@ def built(tmp_path_factory, exported):
     remove_image()
 
 
+GRPC: dict[str, str] = {}  # the running image's gRPC address (host:port), once `running` has started it
+
+
 @pytest.fixture(scope="module")
 def running(built, tmp_path_factory):
     """`make container-run` on a free loopback port, in its own process group as a terminal would run it."""
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
+    GRPC["address"] = f"127.0.0.1:{grpc_port}"
     log = tmp_path_factory.mktemp("container") / "run.log"
     with open(log, "w") as out:
         # Ctrl-C's default disposition, as in a terminal: a test run started in the background of a shell
         # without job control inherits SIGINT ignored, which run.sh could then not trap
-        proc = subprocess.Popen(["make", "container-run", f"PORT={port}", "HOST=127.0.0.1"], cwd=ROOT,
+        proc = subprocess.Popen(["make", "container-run", f"PORT={port}", f"GRPC_PORT={grpc_port}", "HOST=127.0.0.1"],
+                                cwd=ROOT,
                                 env={**built, "CAPSNET_THREADS": "1"}, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         started = time.perf_counter()
@@ -186,6 +191,20 @@ def test_tritonclient_classifies_real_digits_binary_and_json(running, digits):
         assert result.as_numpy("lengths").argmax(1).tolist() == expected.labels.tolist()
         assert np.abs(result.as_numpy("lengths") - expected.lengths).max() < 1e-6
     client.close()
+
+
+def test_tritonclient_grpc_classifies_real_digits_raw(running, digits):
+    """The Open Inference Protocol over gRPC from the image, on the port make container-run was given."""
+    import tritonclient.grpc as tgrpc
+
+    images, _, expected = digits
+    with tgrpc.InferenceServerClient(GRPC["address"]) as client:
+        assert client.is_server_ready() and client.is_model_ready("capsnet")
+        tensor = tgrpc.InferInput("image", list(images.shape), "FP32")
+        tensor.set_data_from_numpy(images.astype(np.float32))
+        lengths = client.infer("capsnet", [tensor]).as_numpy("lengths")
+    assert lengths.argmax(1).tolist() == expected.labels.tolist()
+    assert np.abs(lengths - expected.lengths).max() < 1e-6
 
 
 def test_a_png_upload_is_classified_as_here(running, digits, here):

@@ -11,12 +11,14 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
 
 from scripts.docs_numbers import BLOCK, PAGES, render, stale_blocks
+from scripts.figures import CODE, RECORDS, unrecorded
+from scripts.figures import PAGES as FIGURE_PAGES
 from tests.conftest import ROOT
 
 DOCS = ["README.md", "BENCHMARKS.md", "models/README.md", "models/ONNX.md",
@@ -44,7 +46,9 @@ def tables(text: str) -> list[tuple[int, list[str]]]:
 
 
 def unmarked_figures(text: str) -> list[str]:
-    """Tables holding measured figures without a marker naming their command just above them."""
+    """Tables holding measured figures without a marker naming their command just above them (a table rendered
+    from a record, inside its numbers block, names it)."""
+    text = BLOCK.sub(lambda m: "\n" * m.group(0).count("\n"), text)
     lines = text.splitlines()
     return [rows[0][:80] for start, rows in tables(text)
             if MEASURED.search("\n".join(rows[2:])) and not any(MARKER.search(l) for l in lines[max(0, start - 2):start])]
@@ -79,6 +83,101 @@ def test_a_number_changed_by_hand_is_caught(tmp_path):
     assert edited != body
     (tmp_path / "docs" / "loadtest.md").write_text(page.replace(body, edited))
     assert stale_blocks(tmp_path) == ["docs/loadtest.md: loadtest"]
+
+
+def test_every_measured_figure_is_one_a_record_holds():
+    """No speed, time, size, accuracy or ratio in README, docs/ or the model cards is typed by hand: a record a
+    command wrote holds each (scripts/figures.py says which records and how a figure is matched)."""
+    assert [f"{f.page}:{f.line}: {f.text}" for f in unrecorded()] == []
+
+
+def test_a_figure_typed_by_hand_is_caught(tmp_path):
+    """The same check on a copy of the repository's pages and records, with one figure typed into a page."""
+    for pattern in (*FIGURE_PAGES, *RECORDS, *CODE):
+        for path in ROOT.glob(pattern):
+            (tmp_path / path.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, tmp_path / path.relative_to(ROOT))
+    before = set(unrecorded(tmp_path))
+    readme = tmp_path / "README.md"
+    readme.write_text(readme.read_text() + "\nIt answers in 3.217 ms at 98.4321% accuracy.\n")
+    assert [f.text for f in unrecorded(tmp_path) if f not in before] == ["3.217 ms", "98.4321%"]
+
+
+INLINE = re.compile(r"`([^`\n]+)`")
+REPO_PATH = re.compile(r"^(?:\.\./)*[\w.-]+(?:/[\w.*-]+)+/?$")
+NOT_OURS = ("artifacts/", "runs/", "data/", ".venv", "http", "localhost/", "application/", "image/", "text/",
+            "multipart/", "/dev/", "nvidia.com/", "serving/static/ort", "static/ort", "deployment/", "service/")
+# (generated, a URL, a MIME type, a device, a resource name, onnxruntime-web's copy by `make web`, kubectl's names)
+UNIT_OR_RATIO = re.compile(r"^(?:[\d.]+/[\d.]+|(?:images|req|requests)/s)$")  # 0.9916/0.9939, images/s
+ROUTE = re.compile(r"^(?:(GET|POST|PUT|DELETE) )?(/(?:ui|v2|classify|classify_image|reconstruct|explain|metadata|livez|"
+                   r"readyz|metrics|docs\.json|schema\.json)\b[^\s]*)$")
+
+
+def named(text: str) -> tuple[set[str], set[str], set[str], set[tuple[str, str]]]:
+    """What a page names: repository paths and make targets (in code), settings (anywhere), routes of ours."""
+    spans = INLINE.findall(text) + re.findall(r"```\w*\n(.*?)```", text, re.S)
+    words = {w.strip("'\",;:()") for span in spans for w in span.split()}
+    paths = {w for w in words if REPO_PATH.match(w) and not w.startswith(NOT_OURS) and not UNIT_OR_RATIO.match(w)}
+    targets = {t for span in spans for t in re.findall(r"(?<![\w-])make ([a-z][\w-]*)", span)}
+    settings = set(re.findall(r"\bCAPSNET_[A-Z_]*[A-Z]\b", text))
+    routes = {(m.group(1) or "GET", m.group(2)) for span in INLINE.findall(text) if (m := ROUTE.match(span))}
+    return paths, targets, settings, routes
+
+
+def read(doc: str) -> str:
+    return (ROOT / doc).read_text()
+
+
+def missing_names(docs: list[str], read: Callable[[str], str] = read) -> list[str]:
+    """The paths, make targets and settings the pages name that the repository does not hold."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
+    sources = "".join((ROOT / f).read_text(errors="replace") for f in files if f != "tests/test_docs.py"  # its own example
+                      and (f.endswith((".py", ".sh", ".yaml", "Makefile", ".cfg")) or f.startswith(".ci/")))
+    found = []
+    for doc in docs:
+        paths, make_targets, settings, _ = named(read(doc))
+        for path in paths:
+            here = str((ROOT / doc).parent.joinpath(path).resolve().relative_to(ROOT.resolve())) \
+                if path.startswith("..") else path.rstrip("/")
+            pattern = re.compile(re.escape(here).replace(r"\*", "[^/]*") + r"(/|$)")
+            if not any(pattern.search(f) and (f.startswith(here.split("*")[0]) or f.endswith(here)) for f in files):
+                found.append(f"{doc}: path {path}")
+        found += [f"{doc}: make {t}" for t in make_targets - targets]
+        found += [f"{doc}: setting {s}" for s in settings if s not in sources]
+    return sorted(found)
+
+
+def test_every_path_target_and_setting_a_page_names_exists():
+    assert missing_names(DOCS) == []
+
+
+def test_a_page_naming_what_does_not_exist_is_caught():
+    def with_three_names(doc: str) -> str:
+        return read(doc) + "\nThe `serving/direct.py` module, `make models` and `CAPSNET_TURBO`.\n"
+
+    assert missing_names(["docs/serving.md"], with_three_names) == [
+        "docs/serving.md: make models", "docs/serving.md: path serving/direct.py", "docs/serving.md: setting CAPSNET_TURBO"]
+
+
+# answered only by a real process (BentoML's metrics app: tests/test_e2e.py), or made by `make web` (the page's ONNX
+# Runtime files: tests/test_ui.py)
+NOT_IN_PROCESS = ("/metrics", "/ui/ort")
+
+
+def test_every_route_a_page_names_is_answered(client):
+    """Each route of ours a page names, asked with its method (GET when none is named): anything but a 404."""
+    asked = set()
+    for doc in DOCS:
+        for method, route in named(read(doc))[3]:
+            for path in {route.replace("[/versions/V]", ""), route.replace("[/versions/V]", "/versions/fp32")}:
+                path = path.split("...")[0].split("*")[0]
+                path = path if path == "/ui/" else path.rstrip("/")  # /v2/...: the protocol's root, /v2
+                if not path.startswith(NOT_IN_PROCESS):
+                    asked.add((doc, method, path))
+    refused = [f"{doc}: {method} {path}" for doc, method, path in sorted(asked)
+               if client.request(method, path, **({"json": {}} if method == "POST" else {})).status_code == 404]
+    assert len(asked) > 20 and refused == []
 
 
 def test_no_page_measures_here_or_today():
@@ -182,14 +281,16 @@ def test_the_onnx_cards_node_examples_print_what_they_say(node_modules, tmp_path
 
 
 @pytest.mark.slow
-def test_the_client_sessions_run_against_the_service(service_url):
-    """docs/serving.md's sessions with BentoML's client and with tritonclient, run by doctest against a real service."""
+def test_the_client_sessions_run_against_the_service(service):
+    """docs/serving.md's sessions with the standard library, BentoML's client and tritonclient (HTTP and gRPC), run
+    by doctest against a real service."""
     text = (ROOT / "docs" / "serving.md").read_text()
     sessions = re.findall(r"```\n(>>> .*?)```", text, re.S)
-    assert len(sessions) == 2
+    assert len(sessions) == 4
     for session in sessions:
-        session = session.replace("http://127.0.0.1:3000", service_url).replace("127.0.0.1:3000",
-                                                                                 service_url.removeprefix("http://"))
+        session = (session.replace("http://127.0.0.1:3000", service.url)
+                   .replace("127.0.0.1:3000", service.url.removeprefix("http://"))
+                   .replace("127.0.0.1:8001", service.grpc))
         test = doctest.DocTestParser().get_doctest(session, {}, "serving.md", "docs/serving.md", 0)
         runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
         cwd = os.getcwd()

@@ -14,15 +14,17 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+import tritonclient.grpc
 
 from mnist import read_split
 from tests.conftest import ROOT
 from tests.test_hostile import CASES, JSON, OCTETS
 
 
-def test_metrics_count_every_kind_of_request(service_url):
+def test_metrics_count_every_kind_of_request(service):
     """BentoML's request counter sees what our route table answers (/classify as JSON and raw, uploads, v2) as
-    well as what BentoML's own API answers (/reconstruct)."""
+    well as what BentoML's own API answers (/reconstruct), and the batcher's metrics count each of them and a
+    request over gRPC."""
     image = np.zeros((1, 28, 28), np.float32)
     requests = {
         "/classify": [{"json": {"images": image.tolist()}},
@@ -37,14 +39,34 @@ def test_metrics_count_every_kind_of_request(service_url):
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith("bentoml_service_request_total{") and f'endpoint="{endpoint}"' in line)
 
+    service_url = service.url
     before = httpx.get(service_url + "/metrics").text
     for endpoint, calls in requests.items():
         for kwargs in calls:
             assert httpx.post(service_url + endpoint, timeout=60, **kwargs).status_code == 200, endpoint
+    with tritonclient.grpc.InferenceServerClient(service.grpc) as grpc_client:  # and one over gRPC
+        tensor = tritonclient.grpc.InferInput("image", [1, 1, 28, 28], "FP32")
+        tensor.set_data_from_numpy(image[None])
+        grpc_client.infer("capsnet", [tensor], outputs=[tritonclient.grpc.InferRequestedOutput("lengths")])
     metrics = httpx.get(service_url + "/metrics")
     assert metrics.status_code == 200 and "# TYPE" in metrics.text
     for endpoint, calls in requests.items():
         assert served(metrics.text, endpoint) == served(before, endpoint) + len(calls), endpoint
+
+    # the batcher's own: each request it runs (one image each: /classify twice, the upload, /reconstruct, and the
+    # gRPC one, which asks for lengths only; v2 over HTTP asked for every output, which its own session runs)
+    # waited once and ran in a batch of its own or merged with another; every batch ran once
+    def grew(name: str) -> float:
+        def value(text: str) -> float:
+            return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
+        return value(metrics.text) - value(before)
+
+    sent = sum(len(calls) for endpoint, calls in requests.items() if not endpoint.startswith("/v2")) + 1
+    assert grew("capsnet_batch_queue_seconds_count") == sent == grew("capsnet_batch_requests_sum")
+    assert grew("capsnet_batch_images_sum") == sent
+    batches = grew("capsnet_batch_run_seconds_count")
+    assert 1 <= batches <= sent and grew("capsnet_batch_images_count") == batches == grew("capsnet_batch_requests_count")
+    assert 0 < grew("capsnet_batch_run_seconds_sum") < 5 * batches and grew("capsnet_batch_queue_seconds_sum") >= 0
 
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])

@@ -14,7 +14,7 @@ from PIL import Image
 
 from serving.runtime import CapsNetRuntime
 from serving.settings import usable_cores
-from tests.conftest import has_vnni, PUBLISHED, PUBLISHED_ONNX
+from tests.conftest import PUBLISHED, PUBLISHED_ONNX
 
 IN_PROCESS = not os.environ.get("CAPSNET_TEST_URL")
 OCTETS = {"Content-Type": "application/octet-stream"}
@@ -123,7 +123,7 @@ def test_uploads_agree_with_in_process_onnx_runtime(client, digits, fmt, invert,
 
 def test_explain_gives_the_winners_pose_routing_and_reconstruction(client, digits, int8):
     """The answer is in-process ONNX Runtime's on the served variant (to its 5 decimals), and the routing maps
-    are PyTorch's on the published weights within the int8 variant's tolerance (1.6e-3 measured at export)."""
+    are PyTorch's on the published weights within the int8 variant's bar at export (0.002)."""
     import torch
 
     from training.checkpoint import load_weights
@@ -143,9 +143,9 @@ def test_explain_gives_the_winners_pose_routing_and_reconstruction(client, digit
     model, _ = load_weights(PUBLISHED)
     with torch.no_grad():
         routing_map = model.explain(torch.from_numpy(images[:16, None]))[3].numpy()
-    # int8 against PyTorch's float routing: 5.4e-4 measured with VNNI (an AMD EPYC, 2026-12-07); without it int8
-    # moves further (docs/export.md)
-    assert np.abs(np.array(body["routing_maps"]) - routing_map).max() < (3e-3 if has_vnni() else 2e-2)
+    # int8 against PyTorch's float routing: 7.9e-4 measured (an Intel Xeon with VNNI, 2026-12-07); the 7-bit int8
+    # file computes the same graph with and without VNNI (docs/export.md)
+    assert np.abs(np.array(body["routing_maps"]) - routing_map).max() < 2e-3
 
 
 def test_the_page_answers_an_upload_with_what_it_draws(client, digits, int8):

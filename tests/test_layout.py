@@ -11,7 +11,6 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("timing", "mnist", "training", "export", "serving", "loadtest", "experiments")

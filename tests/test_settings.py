@@ -16,6 +16,7 @@ def test_the_defaults():
     assert s.threads == (0 if s.workers == 1 else max(1, usable_cores() // s.workers))
     assert s.batcher == "ours" and not s.access_log and not s.tracing and s.metrics
     assert (s.drain_seconds, s.drain_timeout, s.read_timeout, s.max_connections) == (5.0, 10.0, 10.0, 1000)
+    assert (s.grpc_port, s.grpc_host) == (8001, "127.0.0.1")
 
 
 def test_each_setting_is_read():
@@ -23,10 +24,12 @@ def test_each_setting_is_read():
                            "CAPSNET_VARIANT": "fp16", "CAPSNET_WORKERS": "3", "CAPSNET_THREADS": "2",
                            "CAPSNET_BATCHER": "bentoml", "CAPSNET_ACCESS_LOG": "yes", "CAPSNET_TRACING": "ON",
                            "CAPSNET_METRICS": "off", "CAPSNET_DRAIN_SECONDS": "0", "CAPSNET_DRAIN_TIMEOUT": "2.5",
-                           "CAPSNET_READ_TIMEOUT": "0.5", "CAPSNET_MAX_CONNECTIONS": "64"})
+                           "CAPSNET_READ_TIMEOUT": "0.5", "CAPSNET_MAX_CONNECTIONS": "64", "CAPSNET_GRPC_PORT": "0",
+                           "CAPSNET_GRPC_HOST": "0.0.0.0"})
     assert s == Settings(model=PROJECT / "artifacts" / "capsnet.onnx", device="cuda", variant="fp16", workers=3,
                          threads=2, batcher="bentoml", access_log=True, tracing=True, metrics=False,
-                         drain_seconds=0.0, drain_timeout=2.5, read_timeout=0.5, max_connections=64)
+                         drain_seconds=0.0, drain_timeout=2.5, read_timeout=0.5, max_connections=64, grpc_port=0,
+                         grpc_host="0.0.0.0")
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.workers = 1  # type: ignore[misc]
 
@@ -50,6 +53,8 @@ def test_threads_divide_the_cores_among_the_workers():
     ("READ_TIMEOUT", "0", "CAPSNET_READ_TIMEOUT='0': expected a number of seconds, 0.1 or more"),
     ("READ_TIMEOUT", "inf", "CAPSNET_READ_TIMEOUT='inf': expected a number of seconds, 0.1 or more"),
     ("MAX_CONNECTIONS", "0", "CAPSNET_MAX_CONNECTIONS='0': expected a whole number of 1 or more"),
+    ("GRPC_PORT", "70000", "CAPSNET_GRPC_PORT='70000': expected a port number, 1 to 65535 (0: off)"),
+    ("GRPC_PORT", "grpc", "CAPSNET_GRPC_PORT='grpc': expected a port number"),
 ])
 def test_a_bad_value_names_the_variable_and_what_it_takes(name, value, message):
     with pytest.raises(SettingsError) as err:

@@ -46,6 +46,20 @@ def test_bentoml_serve_exits_1_with_the_reason(served_onnx, env, reason):
     assert (run.stdout + run.stderr).count(f"capsnet: cannot start: {reason}") == 1, run.stderr[-3000:]
 
 
+def test_a_grpc_port_in_use_stops_the_start_with_the_reason(served_onnx):
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        run = serve(bentoml_serve(), {"CAPSNET_MODEL": str(served_onnx), "CAPSNET_DEVICE": "cpu",
+                                      "CAPSNET_GRPC_PORT": str(port)})
+    assert run.returncode == 1
+    reason = f"capsnet: cannot start: CAPSNET_GRPC_PORT={port} on CAPSNET_GRPC_HOST=127.0.0.1: cannot listen there"
+    assert (run.stdout + run.stderr).count(reason) == 1, run.stderr[-3000:]
+
+
 def test_the_service_settings_batcher_metrics_and_tracing(served_onnx, mnist_root):
     """CAPSNET_BATCHER=bentoml serves the same answers through BentoML's batching; CAPSNET_METRICS=0 takes
     /metrics away; CAPSNET_TRACING=1 keeps BentoML's tracing middleware, and the service still answers."""

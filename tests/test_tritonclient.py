@@ -66,3 +66,30 @@ def test_the_protocols_errors_reach_tritonclient(triton_client, digits, model, v
     with pytest.raises(InferenceServerException, match=phrase):
         triton_client.infer(model, [tensor], model_version=version, outputs=[triton.InferRequestedOutput(output)])
     assert triton_client.is_server_ready()
+
+
+def test_tritonclient_grpc_gets_classifys_answers_raw_and_typed(service, digits):
+    """The same over gRPC against the real process: tritonclient.grpc (raw contents), and the protocol's stub with
+    typed contents; labels and lengths are /classify's."""
+    import grpc
+    import tritonclient.grpc as tgrpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    images, _, expected = digits
+    batch = images[:32, None].astype(np.float32)
+    classify = httpx.post(service.url + "/classify", json={"images": images[:32].tolist()}, timeout=60).json()
+    with tgrpc.InferenceServerClient(service.grpc) as client:
+        assert client.is_server_ready() and client.is_model_ready("capsnet")
+        tensor = tgrpc.InferInput("image", list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(batch)
+        raw = client.infer("capsnet", [tensor], outputs=[tgrpc.InferRequestedOutput("lengths")]).as_numpy("lengths")
+    request = service_pb2.ModelInferRequest(model_name="capsnet")
+    request.inputs.add(name="image", datatype="FP32", shape=list(batch.shape)).contents.fp32_contents.extend(
+        batch.reshape(-1).tolist())
+    request.outputs.add(name="lengths")
+    with grpc.insecure_channel(service.grpc) as channel:
+        answer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
+    typed = np.array(answer.outputs[0].contents.fp32_contents).reshape(32, 10)
+    for lengths in (raw, typed):
+        assert lengths.argmax(1).tolist() == classify["labels"] == expected[:32].tolist()
+        assert np.abs(lengths - np.array(classify["lengths"])).max() < 1e-6

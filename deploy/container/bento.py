@@ -48,7 +48,9 @@ def stage(kind: str, model: str, folder: Path) -> Path:
         shutil.copy(path, folder / "model" / path.name)
     bentofile = yaml.safe_load((ROOT / BENTOFILES[kind]).read_text())
     bentofile["include"] = [*(p for p in bentofile["include"] if p.startswith("serving/")), "model/*"]
-    bentofile["envs"] = [{"name": "CAPSNET_MODEL", "value": f"model/{fp32.name}"}]
+    # the image's gRPC listens on all its interfaces, as its HTTP does (run.sh narrows it where it shares the host's)
+    bentofile["envs"] = [{"name": "CAPSNET_MODEL", "value": f"model/{fp32.name}"},
+                         {"name": "CAPSNET_GRPC_HOST", "value": "0.0.0.0"}]
     (folder / "bentofile.yaml").write_text(yaml.safe_dump(bentofile, sort_keys=False))
     return fp32
 

@@ -45,4 +45,4 @@ import sys; n, unit = sys.stdin.read().split(); print(round(float(n) * 1000 ** "
     esac
 }
 image=$(size "$IMAGE"); base=$(size "$BASE_IMAGE")
-echo "container: built $IMAGE in $(( $(date +%s) - start )) s: $(( image / 1000000 )) MB, of which $(( (image - base) / 1000000 )) MB on top of $BASE_IMAGE" >&2
+echo "container: built $IMAGE in $(( $(date +%s) - start )) s: $(( image / 1000000 )) MB, of which $(( (image - base) / 1000000 )) MB on top of $BASE_IMAGE ($(( base / 1000000 )) MB)" >&2
