@@ -31,6 +31,7 @@ from export.batchsize import BATCHES, SECONDS_PER_BATCH, best_batch_metadata
 from export.variants import CALIBRATION_DIGITS, build_variants
 from training.checkpoint import load_weights, write_json
 from mnist import DEFAULT_ROOT, read_split
+from timing import describe_cpu
 from training.data import MNIST_SIZE, centre
 from training.model import CapsNet
 
@@ -239,7 +240,7 @@ def export_and_verify(checkpoint: Path | str, out: Path | str, opset: int = DEFA
         report["decoder"]["onnx"] = str(variant_path(out, DECODER))
         for name, variant in built.items():
             variant["onnx"] = str(variant_path(out, name))
-        report.update({"onnx": str(out), "metadata": metadata, "test_accuracy_ort": accuracy,
+        report.update({"onnx": str(out), "cpu": describe_cpu(), "metadata": metadata, "test_accuracy_ort": accuracy,
                        "test_digits": len(images), "variants": built, "seconds": round(time.time() - started, 1)})
         for name in VARIANTS[1:]:
             if name in built:

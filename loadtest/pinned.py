@@ -3,7 +3,7 @@
 The server runs on --service-cores, the load generator (wrk, a compiled HTTP client; Debian's `wrk`) on
 --client-cores. For three bodies (1 digit as JSON, 1 digit as raw float32, 8 digits as raw float32) it
 reports req/s, images/s, that rate as a share of in-process ONNX Runtime on the same cores at its best
-batch size, the server's CPU time per request (its processes' CPU counters), and p50/p99 latency, for
+batch size, the server's CPU time per request (its processes' CPU counters), and p50/p90/p95/p99 latency, for
 the service (`bentoml serve`, int8) and, in the same run, for the hand-written baseline
 (loadtest/reference.py). Both servers run at once on the same cores, loaded one at a time: per body
 they take --rounds turns (the measured seconds split among them), and in-process ONNX Runtime is
@@ -40,6 +40,7 @@ import numpy as np
 import psutil
 
 from loadtest.flame import self_time_by_package
+from loadtest.prometheus import scrape, split
 from loadtest.server import MODEL_HELP, bentoml_serve, children_cpu_seconds, free_port, model_file, started
 from mnist import DEFAULT_ROOT, read_split
 from serving.batching import BATCHERS
@@ -50,10 +51,16 @@ from timing import images_per_s
 BODIES = {"1 digit, JSON": (1, "json"), "1 digit, raw float32": (1, "raw"), "8 digits, raw float32": (8, "raw")}
 IN_PROCESS_BATCHES = (1, 8, 16, 32, 64)
 SERVICE_LABELS = {"ours": "service", "bentoml": "service, BentoML's batching"}
+# wrk's own latency percentiles at the end of a run (microseconds), for every script: p50, p90, p95 and p99
+PERCENTILES = (50, 90, 95, 99)
+PERCENTILES_LUA = """done = function(summary, latency, requests)
+  for _, p in ipairs({%s}) do io.write(string.format("percentile %%d %%d\\n", p, latency:percentile(p))) end
+end
+""" % ", ".join(map(str, PERCENTILES))
 LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "{content_type}"
 local f = io.open("{body}", "rb"); wrk.body = f:read("*a"); f:close()
-"""
+""" + PERCENTILES_LUA.replace("{", "{{").replace("}", "}}")
 
 
 def cores(text: str) -> set[int]:
@@ -118,6 +125,15 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def percentiles(out: str) -> dict[str, float]:
+    """p50_ms ... p99_ms from what PERCENTILES_LUA printed at the end of a wrk run."""
+    found = {int(p): int(us) / 1000 for p, us in re.findall(r"^percentile (\d+) (\d+)$", out, re.M)}
+    missing = [p for p in PERCENTILES if p not in found]
+    if missing:
+        raise RuntimeError(f"wrk printed no percentile {missing}: the script lacks PERCENTILES_LUA\n{out[-500:]}")
+    return {f"p{p}_ms": found[p] for p in PERCENTILES}
+
+
 def wrk(url: str, script: Path, client_cores: set[int], connections: int, seconds: float, path: str = "/classify"
         ) -> dict:
     """One wrk run against url + path; also the CPU seconds wrk itself took."""
@@ -129,15 +145,11 @@ def wrk(url: str, script: Path, client_cores: set[int], connections: int, second
         raise RuntimeError(f"wrk failed (exit {run.returncode}): {run.stderr.strip()} {run.stdout.strip()[-500:]}")
     out = run.stdout
 
-    def ms(label: str) -> float:
-        value, unit = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
-        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
-
     client_cpu = children_cpu_seconds() - cpu_before
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"requests": requests, "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50_ms": ms("50%"), "p99_ms": ms("99%"), "non_2xx": int(errors.group(1)) if errors else 0,
+            **percentiles(out), "non_2xx": int(errors.group(1)) if errors else 0,
             "client_cpu_s": round(client_cpu, 2)}
 
 
@@ -200,17 +212,23 @@ def measure(args: argparse.Namespace) -> dict:
         for name, (count, form) in BODIES.items():
             script = args.out / f"body-{count}-{form}.lua"
             parts: dict[str, list[tuple[dict, float]]] = {label: [] for label, _, _ in running}
+            grown: dict[str, dict[str, float]] = {label: {} for label, _, _ in running}  # the service's /metrics
             for label, url, _ in running:
                 if args.warmup > 0:
                     wrk(url, script, client_cores, args.connections, args.warmup)
             for _ in range(args.rounds):  # the servers take turns, so that the machine's drift hits each alike
                 for label, url, pid in running:
+                    before = scrape(url) if label != "reference" else None  # the baseline has no metrics
                     cpu_before = cpu_seconds(pid)
                     result = wrk(url, script, client_cores, args.connections, args.seconds / args.rounds)
                     parts[label].append((result, cpu_seconds(pid) - cpu_before))
+                    if before is not None:
+                        for key, value in scrape(url).items():
+                            grown[label][key] = grown[label].get(key, 0.0) + value - before.get(key, 0.0)
                 model_rates.append(in_process.rate(best_batch, args.in_process_seconds))
             for label, _, _ in running:
-                rows.append(combine(label, name, count, parts[label]))
+                rows.append({**combine(label, name, count, parts[label]),
+                             "server_split": split({}, grown[label]) if grown[label] else None})
         if args.profile:
             label, url, pid = running[0]
             for count, form in ((1, "json"), (1, "raw")):
@@ -228,15 +246,19 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def combine(label: str, body: str, count: int, parts: list[tuple[dict, float]]) -> dict:
-    """One row from a server's rounds: rates and CPU over all of them, the median round's p50 and the worst p99."""
+    """One row from a server's rounds: rates and CPU over all of them, the median round's p50, p90 and p95, and the
+    worst p99."""
     requests = sum(result["requests"] for result, _ in parts)
     seconds = sum(result["requests"] / result["requests_per_s"] for result, _ in parts if result["requests_per_s"])
     rate = requests / seconds if seconds else 0.0
-    p50s = sorted(result["p50_ms"] for result, _ in parts)
+    def median(key: str) -> float:
+        return sorted(result[key] for result, _ in parts)[len(parts) // 2]
+
     return {"server": label, "body": body, "images_per_request": count, "requests": requests,
             "requests_per_s": round(rate, 1), "images_per_s": round(rate * count, 1),
             "cpu_ms_per_request": round(1000 * sum(cpu for _, cpu in parts) / max(requests, 1), 2),
-            "p50_ms": p50s[len(p50s) // 2], "p99_ms": max(result["p99_ms"] for result, _ in parts),
+            "p50_ms": median("p50_ms"), "p90_ms": median("p90_ms"), "p95_ms": median("p95_ms"),
+            "p99_ms": max(result["p99_ms"] for result, _ in parts),
             "non_2xx": sum(result["non_2xx"] for result, _ in parts),
             "client_cpu_s": round(sum(result["client_cpu_s"] for result, _ in parts), 2)}
 
@@ -249,20 +271,29 @@ def in_process_summary(report: dict, where: str) -> str:
             f" {max(samples):,.0f}).")
 
 
+def split_cells(row: dict) -> str:
+    """The service's side of a row (loadtest/prometheus.py): mean queue wait, run per batch, images per batch."""
+    server = row.get("server_split") or {}
+    if server.get("queue_ms") is None:
+        return "- | - | -"
+    return f"{server['queue_ms']:.1f} ms | {server['compute_ms']:.1f} ms | {server['batch_images']:.1f}"
+
+
 def markdown(report: dict) -> str:
     lines = [in_process_summary(report, f"{report['variant']}, cores {report['service_cores']}") +
              f" Servers on cores {report['service_cores']} ({report['workers']} service worker(s)),"
              f" wrk on {report['client_cores']}, {report['connections']} connections,"
              f" {report['seconds']:g} s per body and server in {report['rounds']} turns.", "",
              "| server | body | req/s | images/s | of in-process | of the baseline | server CPU per request | p50 |"
-             " p99 | non-2xx | wrk's CPU |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             " p90 | p95 | p99 | non-2xx | wrk's CPU | queue | compute | batch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     baseline = {r["body"]: r["images_per_s"] for r in report["rows"] if r["server"] == "reference"}
     for r in report["rows"]:
         versus = f"{r['images_per_s'] / baseline[r['body']]:.0%}" if baseline.get(r["body"]) else "-"
         lines.append(f"| {r['server']} | {r['body']} | {r['requests_per_s']:,.0f} | {r['images_per_s']:,.0f} |"
                      f" {r['share_of_in_process']:.0%} | {versus} | {r['cpu_ms_per_request']:.2f} ms |"
-                     f" {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {r['non_2xx']} |"
-                     f" {r['client_cpu_s'] / report['seconds']:.0%} of a core |")
+                     f" {r['p50_ms']:.1f} ms | {r['p90_ms']:.1f} ms | {r['p95_ms']:.1f} ms | {r['p99_ms']:.1f} ms |"
+                     f" {r['non_2xx']} | {r['client_cpu_s'] / report['seconds']:.0%} of a core | {split_cells(r)} |")
     return "\n".join(lines)
 
 

@@ -58,9 +58,9 @@ def commit() -> str:
     return run.stdout.strip() or "unknown"
 
 
-def run(command: str, env: dict[str, str] | None = None) -> str:
+def run(command: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> str:
     """A command's standard output (its standard error too when `2>&1` is asked for)."""
-    done = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True,
+    done = subprocess.run(command, shell=True, cwd=cwd, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=1800)
     if done.returncode not in (0, 1):  # the load test exits 1 when it misses its SLO: still its numbers
         raise RuntimeError(f"{command}: exit {done.returncode}\n{done.stderr[-2000:]}")
@@ -132,12 +132,12 @@ def measure_replicas_again() -> tuple[str, str]:
 
 
 @contextmanager
-def container_running(port: int, env: dict[str, str]) -> Iterator[str]:
+def container_running(port: int, env: dict[str, str], cwd: Path = ROOT) -> Iterator[str]:
     """`make container-run` on port, in its own process group (as a terminal runs it), stopped with SIGTERM, which
     run.sh handles as it does Ctrl-C (SIGINT would be ignored when this script runs in the background of a shell)."""
     from loadtest.server import wait_ready
 
-    proc = subprocess.Popen(["make", "--no-print-directory", "container-run", f"PORT={port}"], cwd=ROOT,
+    proc = subprocess.Popen(["make", "--no-print-directory", "container-run", f"PORT={port}"], cwd=cwd,
                             env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
@@ -155,9 +155,9 @@ def metadata(url: str, keys: tuple[str, ...]) -> str:
     return json.dumps({key: answer[key] for key in keys})
 
 
-def kept(command: str, keep: Callable[[str], bool], env: dict[str, str] | None = None) -> str:
+def kept(command: str, keep: Callable[[str], bool], env: dict[str, str] | None = None, cwd: Path = ROOT) -> str:
     """'$ command' and the lines of what it printed that `keep` keeps."""
-    out = run(command + " 2>&1", env).replace(f"{ROOT}/", "")  # paths as the repository names them
+    out = run(command + " 2>&1", env, cwd).replace(f"{cwd}/", "")  # paths as the repository names them
     return f"$ {command}\n" + "".join(line for line in out.splitlines(keepends=True) if keep(line))
 
 
@@ -181,34 +181,49 @@ def measure_container_gpu() -> tuple[str, str]:
     return "make container-gpu; make container-gpu-check", text + kept("make container-gpu-check", lambda line: True)
 
 
-OWN = "runs/docs-own"  # the own-model measurement's run and export: beside a user's runs/quick and artifacts/
+def readme_own_model_lines() -> list[str]:
+    """The commands of the README's "Your own model" block, without their comments."""
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("## Your own model"):].split("```\n", 2)[1]
+    return [line.split("#", 1)[0].strip() for line in block.splitlines() if line.strip()]
 
 
 def measure_own_model() -> tuple[str, str]:
-    """The README's 'Your own model' commands, each with what it printed (the lines that say what happened), with
-    RUN and EXPORTED in a folder of their own so that a maintainer's runs/quick and artifacts/ stay as they are."""
-    from loadtest.server import free_port, running_service
+    """The README's "Your own model" lines as written, in a fresh clone of HEAD (its own venv, MNIST download,
+    runs/ and artifacts/), each with the lines of what it printed that say what happened; `make serve` and
+    `make container-run` are asked for /metadata, and the served file's sha256 is taken. The published model's
+    image (capsnet:cpu, which the README's `make container` replaces) is built again afterwards."""
+    import tempfile
 
-    model = f"{OWN}/model"
+    from loadtest.server import free_port, wait_ready
+
+    train, export, serve, container, loadtest = readme_own_model_lines()
     files = ("model_file", "file_sha256", "variant", "test_accuracy")
-    text = kept(f'make train RUN={OWN}/run TRAIN_ARGS="--epochs 1 --limit 10000"', lambda line: line[:1] in "c{")
-    text += kept(f"make export RUN={OWN}/run EXPORTED={model}/capsnet.onnx",
-                 lambda line: line.startswith(("test accuracy", "int8 variant", "wrote")))
     port = free_port()
-    with running_service(port=port, env={"CAPSNET_MODEL": model, "CAPSNET_DEVICE": "cpu"}) as service:
-        text += (f"$ make serve CAPSNET_MODEL={model} PORT={port}\n$ curl -s -XPOST 127.0.0.1:{port}/metadata -d '{{}}'\n"
-                 + metadata(service.url, files) + "\n")
-    text += kept(f"sha256sum {model}/capsnet-int8.onnx", lambda line: True)
-    image = {"IMAGE": "capsnet:own"}
-    text += kept(f"make container CAPSNET_MODEL={model} IMAGE=capsnet:own",
-                 lambda line: line.startswith(("bento: built", "container: built")), image)
-    with container_running(port, image) as url:
-        text += (f"$ make container-run IMAGE=capsnet:own PORT={port}\n$ curl -s -XPOST 127.0.0.1:{port}/metadata -d '{{}}'\n"
-                 + metadata(url, files[:3]) + "\n")
-    subprocess.run("buildah rmi -f localhost/capsnet:own || docker rmi -f capsnet:own", shell=True, capture_output=True)
-    text += kept(f'make loadtest CAPSNET_MODEL={model} LOADTEST_ARGS="--users 1 4 16 --duration 5"',
-                 lambda line: line.startswith(("int8 model", " users ", "p99 SLO")) or line[:6].strip().isdigit())
-    return f"the README's five lines with RUN and EXPORTED under {OWN}/", text
+    with tempfile.TemporaryDirectory() as folder:
+        clone = Path(folder) / "capsnet"
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+        text = kept(train, lambda line: line[:1] in "c{", cwd=clone)
+        text += kept(export, lambda line: line.startswith(("test accuracy", "int8 variant", "wrote")), cwd=clone)
+        proc = subprocess.Popen(f"{serve} PORT={port}", shell=True, cwd=clone, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}", 300, proc)
+            text += (f"$ {serve} PORT={port}\n$ curl -s -XPOST 127.0.0.1:{port}/metadata -d '{{}}'\n"
+                     + metadata(f"http://127.0.0.1:{port}", files) + "\n")
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+        text += kept("sha256sum artifacts/capsnet-int8.onnx", lambda line: True, cwd=clone)
+        build = container.split("&&")[0].strip()
+        text += kept(build, lambda line: line.startswith(("bento: built", "container: built")), cwd=clone)
+        with container_running(port, {}, cwd=clone) as url:
+            text += (f"$ make container-run PORT={port}\n$ curl -s -XPOST 127.0.0.1:{port}/metadata -d '{{}}'\n"
+                     + metadata(url, files[:3]) + "\n")
+        text += kept(loadtest, lambda line: line.startswith(("int8 model", " users ", "p99 SLO"))
+                     or line[:6].strip().isdigit(), cwd=clone)
+    run("make container 2>&1")  # the published model's image again
+    return "the README's five lines as written, in a fresh clone of HEAD (make serve and container-run on a free port)", text
 
 
 def measure_fresh_clone() -> tuple[str, str]:

@@ -1,6 +1,8 @@
 """The one ASGI layer the project puts in front of BentoML's app, and the table of every route it answers itself.
 
 A request passes, in order:
+  0. access (serving/access.py), when set: a browser's CORS preflight is answered for the allowed origins, and
+     with a token set, a request to any route but health without it gets 401;
   1. the drain: after SIGTERM, every answer says `Connection: close` (serving/lifecycle.py);
   2. the gate, before any body is parsed: a body over MAX_BODY_BYTES is refused from its Content-Length, or as
      soon as a chunked body grows past it (the rest of it, up to DRAIN_LIMIT, is read and dropped first, so that
@@ -22,10 +24,12 @@ from typing import Any, Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 
 from serving.framework import any_method, static_file
+from serving.access import CHALLENGE, refusal
 from serving.errors import JSON_TYPE, NotAllowed, answered, error_message, error_response
 from serving.lifecycle import Drain
 from serving.limits import DRAIN_LIMIT, MAX_BODY_BYTES
@@ -170,10 +174,11 @@ class Rewritten:
 
 # The layer
 
-async def reply(send: Send, status: int, error: str) -> None:
+async def reply(send: Send, status: int, error: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = error_message(error)
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", JSON_TYPE.encode()), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", JSON_TYPE.encode()), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -219,13 +224,19 @@ def closing(send: Send) -> Send:
 
 
 class Front:
-    """ASGI middleware (`CapsNet.add_asgi_middleware`): the drain, the gate, then the route table."""
+    """ASGI middleware (`CapsNet.add_asgi_middleware`): access, the drain, the gate, then the route table."""
 
-    def __init__(self, app: Callable, worker: Bound, drain: Drain, max_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, app: Callable, worker: Bound, drain: Drain, max_bytes: int = MAX_BODY_BYTES, token: str = "",
+                 cors_origins: tuple[str, ...] = ()) -> None:
         self.app = app
         self.drain = drain
         self.max_bytes = max_bytes
+        self.token = token
         self.router = Router(routes=table(worker, app), default=self.bentoml)
+        # Starlette's CORS middleware in front of the rest: a preflight is answered before the token is asked for
+        self.handle = CORSMiddleware(self.guarded, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                                     allow_headers=["Authorization", "Content-Type", "Inference-Header-Content-Length"],
+                                     expose_headers=["Inference-Header-Content-Length"]) if cors_origins else self.guarded
 
     async def bentoml(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A request no route of ours answers, on to BentoML's app as it came (without our router in its scope)."""
@@ -235,6 +246,11 @@ class Front:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        await self.handle(scope, receive, send)
+
+    async def guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.token and (why := refusal(self.token, scope["path"], dict(scope["headers"]).get(b"authorization"))):
+            return await reply(send, 401, why, [(b"www-authenticate", CHALLENGE.encode())])
         if self.drain.draining:
             send = closing(send)
         headers = dict(scope.get("headers") or [])

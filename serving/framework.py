@@ -24,14 +24,23 @@ fails loudly instead of quietly serving without a patch.
 5. Starlette's router and static files (starlette 1.10), under serving/app.py's route table: `any_method` lets every
    method reach a route (its endpoint answers a JSON 405; Starlette's own is plain text), `static_file` turns
    StaticFiles' HTTPException into a status and reason for our JSON answer.
+6. BentoML's error log (`_bentoml_impl.server.app.log_exception`). BentoML logs every request its own API layer
+   refuses (a body that is not JSON, a validation error: /reconstruct, /explain, /metadata) at ERROR with a full
+   traceback, so that one client's mistakes fill an operator's log. `quiet_client_errors` swaps the function that
+   module calls for one that gives a client's error one line at INFO, the route and the reason, at most
+   CLIENT_ERROR_LINES per CLIENT_ERROR_WINDOW_S (then how many it left out); a server error keeps BentoML's
+   traceback at ERROR.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import signal
+import sys
 import threading
+import time
 from typing import Any, Callable
 
 from uvicorn import config as uvicorn_config
@@ -39,6 +48,8 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from serving.errors import error_message
 
+CLIENT_ERROR_LINES = 10  # a client's refused requests logged per window, one line each ...
+CLIENT_ERROR_WINDOW_S = 10.0  # ... then one line saying how many more there were
 RESPAWN_CHECK_S = 0.5  # how often the process manager restarts dead workers (BentoML's default: 10 s)
 
 _BODY = error_message("the request did not arrive in time")
@@ -185,6 +196,68 @@ async def static_file(files: Any, scope: dict, receive: Callable, send: Callable
     return None
 
 
+# 6. BentoML's error log
+
+class RateLimitedLog:
+    """At most `lines` lines per `window` seconds to `log` at INFO; then, at the next line after the window, one
+    saying how many were left out."""
+
+    def __init__(self, log: logging.Logger, lines: int = CLIENT_ERROR_LINES, window: float = CLIENT_ERROR_WINDOW_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.log, self.lines, self.window, self.clock = log, lines, window, clock
+        self.started, self.count, self.left_out = clock(), 0, 0
+        self.lock = threading.Lock()
+
+    def __call__(self, message: str) -> None:
+        with self.lock:
+            now = self.clock()
+            if now - self.started >= self.window:
+                if self.left_out:
+                    self.log.info("%d more refused requests in %.0f s, not logged one by one", self.left_out,
+                                  self.window)
+                self.started, self.count, self.left_out = now, 0, 0
+            self.count += 1
+            if self.count > self.lines:
+                self.left_out += 1
+                return
+        self.log.info("%s", message)
+
+
+def client_error(err: BaseException | None) -> str | None:
+    """The reason when err is a client's error as BentoML's API layer raises it (pydantic's ValidationError, or a
+    BentoMLException with a 4xx status); None for anything else."""
+    from bentoml.exceptions import BentoMLException
+    from pydantic import ValidationError
+
+    if isinstance(err, ValidationError):
+        return f"{err.error_count()} validation error(s): {err.errors(include_context=False, include_input=False)[0]['msg']}"
+    if isinstance(err, BentoMLException) and 400 <= err.error_code.value < 500:
+        return f"{err.error_code.value}: {err}"
+    return None
+
+
+def quiet_client_errors(log: logging.Logger) -> bool:
+    """Give the client errors BentoML's API layer logs one rate-limited INFO line each (see 6. above). False, and
+    BentoML's logging kept, if the module no longer calls log_exception."""
+    from _bentoml_impl.server import app as bentoml_app
+
+    original = getattr(bentoml_app, "log_exception", None)
+    if original is None or getattr(original, "capsnet_quiet", False):
+        return original is not None
+    limited = RateLimitedLog(log)
+
+    def log_exception(request: Any, exc_info: Any = True) -> None:
+        reason = client_error(sys.exc_info()[1])
+        if reason is None:
+            original(request, exc_info)  # ours: a traceback in the log means a bug
+        else:
+            limited(f"refused {request.method} {request.url.path}: {reason}")
+
+    log_exception.capsnet_quiet = True  # type: ignore[attr-defined]
+    bentoml_app.log_exception = log_exception
+    return True
+
+
 # The shapes the patches above rely on
 
 def problems() -> list[str]:
@@ -218,6 +291,10 @@ def problems() -> list[str]:
 
     if "self.methods" not in inspect.getsource(Route.matches):
         found.append("Starlette's Route.matches no longer reads self.methods")
+    from _bentoml_impl.server import app as bentoml_app
+
+    if "log_exception(request)" not in inspect.getsource(bentoml_app.ServiceAppFactory.api_endpoint_wrapper):
+        found.append("BentoML's api_endpoint_wrapper no longer calls log_exception(request)")
     parameters = inspect.signature(cork_dispatcher().__init__).parameters
     if not {"max_latency_in_ms", "max_batch_size", "fallback", "get_batch_size", "batch_dim"} <= set(parameters):
         found.append(f"BentoML's CorkDispatcher takes {sorted(parameters)}")

@@ -12,6 +12,7 @@ layer in front of BentoML's app, which BentoML builds before this instance and w
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import typing as t
 
@@ -32,6 +33,7 @@ from serving.settings import Settings, SettingsError
 from serving.v2 import OpenInference
 from serving.v2_grpc import GrpcInference, check_port, grpc_server
 
+log = logging.getLogger("bentoml.capsnet")  # BentoML configures its loggers in each worker
 STARTUP_ERRORS = (DeviceError, ModelError, FileNotFoundError, SettingsError)
 
 
@@ -56,6 +58,7 @@ WORKER = Bound()  # this worker's routes, for the layer in front of BentoML's ap
 DRAIN = Drain(SETTINGS.drain_seconds, SETTINGS.drain_timeout)  # this worker's SIGTERM drain
 framework.guard_connections(SETTINGS.read_timeout, SETTINGS.max_connections)  # read deadline, connection cap
 framework.quick_respawn()  # in the `bentoml serve` process: a crashed worker is restarted within 0.5 s, not 10
+framework.quiet_client_errors(log)  # a client's refused request: one rate-limited INFO line, no traceback
 # The images, typed for BentoML's clients (a tensor: `client.classify(images=np_array)` sends it as JSON)
 # while our own checks in validate_images keep their error messages; /docs.json says the exact shape
 # and range (serving/openapi.py).
@@ -90,7 +93,8 @@ class CapsNet:
         WORKER.bind(self.routes, v2)
         DRAIN.install()  # SIGTERM: not ready, Connection: close, then stop (serving/lifecycle.py)
         if SETTINGS.grpc_port:  # the same protocol over gRPC, in this worker's event loop (serving/v2_grpc.py)
-            self.grpc = grpc_server(GrpcInference(v2, ready=lambda: not DRAIN.draining), SETTINGS.grpc_port,
+            self.grpc = grpc_server(GrpcInference(v2, ready=lambda: not DRAIN.draining, token=SETTINGS.api_token),
+                                    SETTINGS.grpc_port,
                                     SETTINGS.grpc_host, share_port=SETTINGS.workers > 1)
             asyncio.get_running_loop().create_task(self.grpc.start())
             DRAIN.on_stop.append(lambda: self.grpc.stop(SETTINGS.drain_timeout))
@@ -117,4 +121,5 @@ class CapsNet:
         return self.routes.metadata()
 
 
-CapsNet.add_asgi_middleware(Front, worker=WORKER, drain=DRAIN)  # drain, body limits, our route table (serving/app.py)
+CapsNet.add_asgi_middleware(Front, worker=WORKER, drain=DRAIN, token=SETTINGS.api_token,
+                            cors_origins=SETTINGS.cors_origins)  # drain, body limits, our route table (serving/app.py)

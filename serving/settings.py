@@ -23,6 +23,9 @@
     CAPSNET_GRPC_PORT   the Open Inference Protocol over gRPC on this port, in every worker (default 8001, as Triton
                         and KServe; 0 turns it off; serving/v2_grpc.py)
     CAPSNET_GRPC_HOST   the address it listens on (default 127.0.0.1; the images set 0.0.0.0)
+    CAPSNET_API_TOKEN   a bearer token every route but health then needs, HTTP and gRPC (default none: open;
+                        serving/access.py); CAPSNET_API_TOKEN_FILE: read it from this file (a mounted Secret)
+    CAPSNET_CORS_ORIGINS    the browser origins that may call the service, comma-separated, or * (default none)
 
 A value that cannot be read raises SettingsError, whose message names the variable and what it takes;
 the service turns it into `capsnet: cannot start: ...` and exit code 1.
@@ -31,7 +34,7 @@ the service turns it into `capsnet: cannot start: ...` and exit code 1.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -99,6 +102,8 @@ class Settings:
     max_connections: int = 1000
     grpc_port: int = 8001
     grpc_host: str = "127.0.0.1"
+    api_token: str = field(default="", repr=False)  # never in a log or an answer
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -125,7 +130,9 @@ class Settings:
                    max_connections=(whole("CAPSNET_MAX_CONNECTIONS", raw("MAX_CONNECTIONS"), 1)
                                     if raw("MAX_CONNECTIONS") else cls.max_connections),
                    grpc_port=port("CAPSNET_GRPC_PORT", raw("GRPC_PORT")) if raw("GRPC_PORT") else cls.grpc_port,
-                   grpc_host=raw("GRPC_HOST") or cls.grpc_host)
+                   grpc_host=raw("GRPC_HOST") or cls.grpc_host,
+                   api_token=api_token(raw("API_TOKEN"), raw("API_TOKEN_FILE")),
+                   cors_origins=tuple(o.strip() for o in raw("CORS_ORIGINS").split(",") if o.strip()))
 
 
 def whole(name: str, raw: str, least: int) -> int:
@@ -133,6 +140,23 @@ def whole(name: str, raw: str, least: int) -> int:
     if not raw.isdigit() or int(raw) < least:
         raise SettingsError(f"{name}={raw!r}: expected a whole number of {least} or more")
     return int(raw)
+
+
+def api_token(value: str, file: str) -> str:
+    """The bearer token, given or read from a file (its first line; a Secret mounted as a file often ends in a
+    newline); '' for none. SettingsError when both are set, the file cannot be read, or the token is empty."""
+    if value and file:
+        raise SettingsError("CAPSNET_API_TOKEN and CAPSNET_API_TOKEN_FILE are both set: set one")
+    if file:
+        try:
+            value = Path(file).read_text().strip()
+        except OSError as err:
+            raise SettingsError(f"CAPSNET_API_TOKEN_FILE={file!r}: cannot read it ({err.strerror})") from None
+        if not value:
+            raise SettingsError(f"CAPSNET_API_TOKEN_FILE={file!r}: the file is empty")
+    if any(c.isspace() for c in value) or not value.isprintable():
+        raise SettingsError("CAPSNET_API_TOKEN: a token is one word of printable characters")
+    return value
 
 
 def port(name: str, raw: str) -> int:

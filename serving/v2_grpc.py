@@ -24,6 +24,7 @@ from typing import Any, Callable
 import grpc
 import numpy as np
 
+from serving.access import OPEN_GRPC, bearer_matches
 from serving.errors import InvalidInput, NotFound, Overloaded, TooLarge
 from serving.limits import MAX_BODY_BYTES
 from serving.routes import check_pixels
@@ -70,9 +71,10 @@ def binary_asked(parameters: Any) -> bool:
 class GrpcInference:
     """The six methods, for one worker: its OpenInference, and whether it takes work (false while it drains)."""
 
-    def __init__(self, v2: OpenInference, ready: Callable[[], bool]) -> None:
+    def __init__(self, v2: OpenInference, ready: Callable[[], bool], token: str = "") -> None:
         self.v2 = v2
         self.ready = ready
+        self.token = token  # CAPSNET_API_TOKEN: every method but health needs it (serving/access.py)
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return MESSAGES["ServerLiveResponse"](live=True)
@@ -114,9 +116,13 @@ class GrpcInference:
         return answer
 
 
-def handler(method: Callable, request_type: Any, response_type: Any) -> grpc.RpcMethodHandler:
-    """A unary method whose refusals become their gRPC status and message, as HTTP's become theirs."""
+def handler(method: Callable, request_type: Any, response_type: Any, token: str = "") -> grpc.RpcMethodHandler:
+    """A unary method whose refusals become their gRPC status and message, as HTTP's become theirs; with a token,
+    a call without it is UNAUTHENTICATED."""
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if token and not bearer_matches(dict(context.invocation_metadata() or ()).get("authorization"), token):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "this service needs a token: send the metadata authorization: Bearer <token>")
         try:
             return await method(request, context)
         except REFUSED as err:
@@ -130,7 +136,8 @@ def handler(method: Callable, request_type: Any, response_type: Any) -> grpc.Rpc
 def grpc_server(service: GrpcInference, port: int, host: str = "0.0.0.0", share_port: bool = False) -> grpc.aio.Server:
     """The gRPC server of one worker, bound (not started): messages up to the HTTP body limit; with share_port, the
     port is shared with the service's other workers (SO_REUSEPORT: the kernel spreads connections over them)."""
-    handlers = {name: handler(getattr(service, name), MESSAGES[request], MESSAGES[response])
+    handlers = {name: handler(getattr(service, name), MESSAGES[request], MESSAGES[response],
+                              "" if name in OPEN_GRPC else service.token)
                 for name, (request, response) in METHODS.items()}
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_BODY_BYTES),
                                       ("grpc.max_send_message_length", MAX_BODY_BYTES),

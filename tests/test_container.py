@@ -14,6 +14,7 @@ Bento it made (the base image stays, as a cache).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -23,6 +24,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import numpy as np
@@ -91,19 +93,19 @@ def built(tmp_path_factory, exported):
 GRPC: dict[str, str] = {}  # the running image's gRPC address (host:port), once `running` has started it
 
 
-@pytest.fixture(scope="module")
-def running(built, tmp_path_factory):
-    """`make container-run` on a free loopback port, in its own process group as a terminal would run it."""
+@contextlib.contextmanager
+def serving_image(built: dict[str, str], log: Path, env: dict[str, str] | None = None) -> Iterator[tuple]:
+    """`make container-run` on free loopback ports (HTTP and gRPC), in its own process group as a terminal would run
+    it, once it answers /readyz: (its process, its URL); stopped afterwards, with nothing of it left."""
     port, grpc_port = free_port(), free_port()
     GRPC["address"] = f"127.0.0.1:{grpc_port}"
-    log = tmp_path_factory.mktemp("container") / "run.log"
     with open(log, "w") as out:
         # Ctrl-C's default disposition, as in a terminal: a test run started in the background of a shell
         # without job control inherits SIGINT ignored, which run.sh could then not trap
         proc = subprocess.Popen(["make", "container-run", f"PORT={port}", f"GRPC_PORT={grpc_port}", "HOST=127.0.0.1"],
-                                cwd=ROOT,
-                                env={**built, "CAPSNET_THREADS": "1"}, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                                cwd=ROOT, env={**built, "CAPSNET_THREADS": "1", **(env or {})}, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         started = time.perf_counter()
         try:
             wait_ready(f"http://127.0.0.1:{port}", 180, proc)
@@ -120,6 +122,12 @@ def running(built, tmp_path_factory):
                 os.killpg(proc.pid, signal.SIGKILL)
         for p in service_processes():
             p.kill()
+
+
+@pytest.fixture(scope="module")
+def running(built, tmp_path_factory):
+    with serving_image(built, tmp_path_factory.mktemp("container") / "run.log") as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -253,3 +261,19 @@ def test_ctrl_c_stops_it_and_leaves_nothing_running(running):
         left = subprocess.run(["buildah", "containers", "--format", "{{.ImageName}}"], capture_output=True,
                               text=True).stdout
         assert IMAGE not in left
+
+
+def test_with_a_token_every_route_but_health_needs_it(built, tmp_path):
+    """CAPSNET_API_TOKEN given to make container-run reaches the image: 401 without it, the answer with it."""
+    with serving_image(built, tmp_path / "run.log", {"CAPSNET_API_TOKEN": "container-token"}) as (proc, url):
+        assert httpx.get(url + "/readyz", timeout=30).status_code == 200
+        refused = httpx.post(url + "/metadata", json={}, timeout=30)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == 'Bearer realm="capsnet"'
+        assert httpx.get(url + "/metrics", timeout=30).status_code == 401
+        allowed = httpx.post(url + "/metadata", json={}, timeout=30,
+                             headers={"Authorization": "Bearer container-token"})
+        assert allowed.status_code == 200 and allowed.json()["model_file"].endswith(".onnx")
+        assert httpx.get(url + "/metrics", timeout=30, headers={"Authorization": "Bearer container-token"}
+                         ).status_code == 200
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)

@@ -37,3 +37,42 @@ def test_bentomls_process_manager_checks_its_workers_twice_a_second(monkeypatch)
     assert framework.quick_respawn()
     arbiter = circus.create_standalone_arbiter([])  # what `bentoml serve` builds
     assert type(arbiter).__name__ == "QuickRespawnArbiter" and arbiter.check_delay == framework.RESPAWN_CHECK_S
+
+
+def test_a_clients_refused_request_is_one_info_line_and_a_bug_keeps_its_traceback(client, caplog):
+    """BentoML's API layer refuses a body that is not JSON: one INFO line with the route and the reason, never an
+    ERROR with a traceback (serving/framework.py, 6.); past CLIENT_ERROR_LINES in a window, the rest are counted."""
+    import logging
+
+    from serving.framework import CLIENT_ERROR_LINES
+
+    with caplog.at_level(logging.INFO):
+        for _ in range(CLIENT_ERROR_LINES + 5):
+            answer = client.post("/reconstruct", content=b"{not json", headers={"Content-Type": "application/json"})
+            assert answer.status_code == 400
+    refused = [r for r in caplog.records if "refused POST /reconstruct" in r.getMessage()]
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+    assert len(refused) == CLIENT_ERROR_LINES and all(r.levelno == logging.INFO for r in refused)
+
+
+def test_the_rate_limited_log_counts_what_it_left_out():
+    import logging
+
+    from serving.framework import RateLimitedLog
+
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    log = logging.getLogger("capsnet.test.ratelimit")
+    log.setLevel(logging.INFO)
+    log.addHandler(Keep())
+    now = [0.0]
+    limited = RateLimitedLog(log, lines=2, window=10.0, clock=lambda: now[0])
+    for i in range(5):
+        limited(f"line {i}")
+    now[0] = 11.0
+    limited("line 5")
+    assert lines == ["line 0", "line 1", "3 more refused requests in 10 s, not logged one by one", "line 5"]

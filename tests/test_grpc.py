@@ -30,7 +30,8 @@ from tests.conftest import PUBLISHED_ONNX
 class Served:
     """A gRPC server of one worker's OpenInference on a free port, in a thread with its own event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, token: str = "") -> None:
+        self.token = token
         runtime = CapsNetRuntime(PUBLISHED_ONNX, device="cpu")
         self.draining = False
         self.v2 = OpenInference(runtime, MicroBatcher(runtime, runtime.merge_cap),
@@ -43,7 +44,7 @@ class Served:
 
     async def start(self) -> None:
         port = int(self.address.rsplit(":", 1)[1])
-        self.server = grpc_server(GrpcInference(self.v2, lambda: not self.draining), port, "127.0.0.1")
+        self.server = grpc_server(GrpcInference(self.v2, lambda: not self.draining, self.token), port, "127.0.0.1")
         await self.server.start()
 
     def stop(self) -> None:
@@ -201,3 +202,22 @@ def test_tritonclient_reports_a_refusal_readably(triton):
     with pytest.raises(InferenceServerException) as refused:
         infer_raw(triton, np.full((1, 1, 28, 28), 2.0, np.float32))
     assert "pixel values must lie in [0, 1]" in str(refused.value)
+
+
+def test_with_a_token_every_method_but_health_needs_it():
+    """CAPSNET_API_TOKEN over gRPC: the `authorization` metadata, UNAUTHENTICATED without it; health stays open."""
+    server = Served(token="grpc-token")
+    try:
+        with tgrpc.InferenceServerClient(server.address) as open_client:
+            assert open_client.is_server_live() and open_client.is_server_ready() and open_client.is_model_ready("capsnet")
+            with pytest.raises(InferenceServerException) as refused:
+                infer_raw(open_client, ONE)
+            assert refused.value.status() == "StatusCode.UNAUTHENTICATED" and "Bearer <token>" in refused.value.message()
+            with pytest.raises(InferenceServerException):
+                open_client.get_model_metadata("capsnet", headers={"authorization": "Bearer wrong"})
+            tensor = tgrpc.InferInput("image", [1, 1, 28, 28], "FP32")
+            tensor.set_data_from_numpy(ONE)
+            answer = open_client.infer("capsnet", [tensor], headers={"authorization": "Bearer grpc-token"})
+            assert answer.as_numpy("lengths").shape == (1, 10)
+    finally:
+        server.stop()

@@ -24,5 +24,10 @@ def test_quick_peers_measure_the_service_beside_pytriton(tmp_path, served_onnx):
                 "8 digits, binary": "/classify, raw float32"}
     assert measured == {(server, forms[body], body) for server, forms in
                         (("service", classify), ("service", v2), ("pytriton", v2)) for body in BODIES}
+    for row in report["rows"]:  # the service's own side of its /classify rows, from its /metrics
+        if row["server"] == "service" and row["format"].startswith("/classify"):
+            assert row["server_split"]["requests"] >= row["requests"] > 0
+        elif row["server"] != "service":
+            assert row["server_split"] is None
     markdown = (tmp_path / "peers.md").read_text()
     assert "| pytriton | v2, binary tensors |" in markdown and "| service | v2, JSON tensors |" in markdown

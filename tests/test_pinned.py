@@ -29,7 +29,12 @@ def test_pinned_measurement_reports_the_service_beside_the_baseline(tmp_path, mn
     for row in rows.values():
         assert row["requests"] > 0 and row["non_2xx"] == 0
         assert row["cpu_ms_per_request"] > 0 and 0 < row["share_of_in_process"] < 2
-        assert row["p50_ms"] <= row["p99_ms"]
+        assert row["p50_ms"] <= row["p90_ms"] <= row["p95_ms"] <= row["p99_ms"]
+        split = row["server_split"]  # the service's own side, from its /metrics over the same runs
+        if row["server"] == "reference":
+            assert split is None
+        else:
+            assert split["requests"] >= row["requests"] and split["compute_ms"] > 0 and split["batch_images"] >= 1
     assert (tmp_path / "pinned.md").read_text().strip() in run.stdout
 
 

@@ -71,3 +71,19 @@ def test_the_model_may_be_named_by_its_folder(tmp_path):
     (tmp_path / "other.onnx").write_bytes(b"")
     with pytest.raises(SettingsError, match=r"a folder must hold one fp32 .onnx file .* found \['mine.onnx', 'other.onnx'\]"):
         Settings.from_env({"CAPSNET_MODEL": str(tmp_path)})
+
+
+def test_the_token_from_its_setting_or_a_mounted_file(tmp_path):
+    secret = tmp_path / "token"
+    secret.write_text("from-a-secret\n")  # a Secret mounted as a file often ends in a newline
+    assert Settings.from_env({"CAPSNET_API_TOKEN_FILE": str(secret)}).api_token == "from-a-secret"
+    assert Settings.from_env({"CAPSNET_API_TOKEN": "given"}).api_token == "given"
+    assert "given" not in repr(Settings.from_env({"CAPSNET_API_TOKEN": "given"}))  # never in a log
+    (tmp_path / "empty").write_text("\n")
+    for env, message in (({"CAPSNET_API_TOKEN": "a", "CAPSNET_API_TOKEN_FILE": str(secret)}, "are both set"),
+                         ({"CAPSNET_API_TOKEN_FILE": str(tmp_path / "none")}, "cannot read it"),
+                         ({"CAPSNET_API_TOKEN_FILE": str(tmp_path / "empty")}, "the file is empty"),
+                         ({"CAPSNET_API_TOKEN": "two words"}, "one word of printable characters")):
+        with pytest.raises(SettingsError) as err:
+            Settings.from_env(env)
+        assert message in str(err.value)

@@ -37,7 +37,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from loadtest.pinned import InProcess, combine, cpu_seconds, in_process_summary, wrk
+from loadtest.pinned import PERCENTILES_LUA, InProcess, combine, cpu_seconds, in_process_summary, split_cells, wrk
+from loadtest.prometheus import scrape, split
 from loadtest.server import MODEL_HELP, bentoml_serve, free_port, model_file, started
 from mnist import DEFAULT_ROOT, read_split
 
@@ -47,7 +48,7 @@ BODIES = {"1 digit, JSON": (1, False), "1 digit, binary": (1, True), "8 digits, 
 LUA = """wrk.method = "POST"
 {headers}
 local f = io.open("{body}", "rb"); wrk.body = f:read("*a"); f:close()
-"""
+""" + PERCENTILES_LUA.replace("{", "{{").replace("}", "}}")
 
 
 @dataclass(frozen=True)
@@ -235,9 +236,11 @@ def measure(args: argparse.Namespace) -> dict:
                     if args.warmup > 0:
                         wrk(url, script, {args.client_core}, args.connections, args.warmup, form.path)
                 for form, script in zip(forms, scripts):
+                    before = scrape(url) if name == "service" else None  # ours has the batcher's metrics
                     cpu_before = cpu_seconds(pid)
                     result = wrk(url, script, {args.client_core}, args.connections, args.seconds, form.path)
-                    row = {**combine(name, body, count, [(result, cpu_seconds(pid) - cpu_before)]), "format": form.name}
+                    row = {**combine(name, body, count, [(result, cpu_seconds(pid) - cpu_before)]), "format": form.name,
+                           "server_split": None if before is None else split(before, scrape(url))}
                     rows.append(row)
                     print(f"{name:10} {body:17} {form.name:26} {row['requests_per_s']:8.1f} req/s"
                           f" p99 {row['p99_ms']:.1f} ms  non-2xx {row['non_2xx']}", file=sys.stderr)
@@ -257,11 +260,12 @@ def markdown(report: dict) -> str:
              f" {report['server_core']}, wrk on core {report['client_core']}, {report['connections']} connections,"
              f" {report['seconds']:g} s per body.", ""]
     for body in BODIES:
-        lines += [f"**{body}**", "", "| server | its format | req/s | images/s | of in-process | p50 | p99 | errors |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"**{body}**", "", "| server | its format | req/s | images/s | of in-process | p50 | p90 | p95 | p99 |"
+                  " errors | queue | compute | batch |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted((r for r in report["rows"] if r["body"] == body), key=lambda r: -r["images_per_s"]):
             lines.append(f"| {r['server']} | {r['format']} | {r['requests_per_s']:,.0f} | {r['images_per_s']:,.0f} |"
-                         f" {r['share_of_in_process']:.0%} | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {r['non_2xx']} |")
+                         f" {r['share_of_in_process']:.0%} | {r['p50_ms']:.1f} ms | {r['p90_ms']:.1f} ms |"
+                         f" {r['p95_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {r['non_2xx']} | {split_cells(r)} |")
         lines.append("")
     if report["left_out"]:
         lines.append("Left out: " + "; ".join(report["left_out"]) + ".")
