@@ -94,9 +94,12 @@ $(PEERS_VENV)/.triton: pyproject.toml | $(PEERS_VENV)/bin/python
 	$(PEERS_PIP) install -q --no-compile -e '.[triton-peer]'
 	touch $@
 
-$(PEERS_VENV)/.installed: pyproject.toml | $(PEERS_VENV)/bin/python
-	$(PEERS_PIP) install -q -e '.[peers]'
-	touch $@ $(PEERS_VENV)/.triton
+# PyTriton first, then the other peers' pinned packages on top (the `peers` extra's own lines): asked for all at once,
+# with the project itself (-e '.[peers]'), pip's resolver was still searching after 25 minutes
+PEERS_PACKAGES = $(shell $(PYTHON) -c "import tomllib; print(' '.join(repr(p) for p in tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['peers'] if not p.startswith('capsnet')))")
+$(PEERS_VENV)/.installed: pyproject.toml $(PEERS_VENV)/.triton
+	$(PEERS_PIP) install -q $(PEERS_PACKAGES)
+	touch $@
 
 peers-setup: $(PEERS_VENV)/.installed
 

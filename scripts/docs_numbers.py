@@ -92,8 +92,8 @@ def measure_int8_range() -> tuple[str, str]:
 
 
 def measure_int8_avx2() -> tuple[str, str]:
-    """The published int8 file on all 10,000 test digits under the AVX2-only CPU's kernels (about 20 minutes)."""
-    command = ".venv/bin/python scripts/int8_avx2.py"
+    """The published int8 file on the first 1,000 test digits under the AVX2-only CPU's kernels (QEMU: minutes)."""
+    command = ".venv/bin/python scripts/int8_avx2.py --digits 1000"
     return command, run(command)
 
 
@@ -244,6 +244,13 @@ def measure_fresh_clone() -> tuple[str, str]:
     return "git clone of HEAD into a temporary folder, then .ci/run and make test-quick there, timed", "".join(lines)
 
 
+def measure_peers() -> tuple[str, str]:
+    """The service beside PyTriton, LitServe, Ray Serve, BentoML's batchable API and the baseline (`make peers`;
+    their packages in .venv-peers: make peers-setup). A Markdown page of tables, shown as it is."""
+    command = ".venv/bin/python -m loadtest.peers --out runs/docs-peers"
+    return command, run(command)
+
+
 def measure_slowclients() -> tuple[str, str]:
     command = ".venv/bin/python -m loadtest.slowclients --out runs/docs-slowclients"
     return command, run(command)
@@ -255,6 +262,7 @@ MEASURES: dict[str, Callable[[], tuple[str, str]]] = {
     "runtimes": measure_runtimes,
     "examples": measure_examples, "loadtest": measure_loadtest, "pinned": measure_pinned,
     "replicas": measure_replicas, "replicas-again": measure_replicas_again, "slowclients": measure_slowclients,
+    "peers": measure_peers,
     "container": measure_container, "container-gpu": measure_container_gpu, "own-model": measure_own_model, "fresh-clone": measure_fresh_clone}
 
 
@@ -262,7 +270,8 @@ def render(name: str) -> str:
     """A block's text from docs/numbers/NAME.json."""
     record = json.loads((NUMBERS / f"{name}.json").read_text())
     text = record["text"].rstrip()
-    shown = text if text.startswith("|") else f"```\n{text}\n```"  # a Markdown table as a table, else as printed
+    markdown = text.startswith("|") or "\n|---" in text  # a command that prints Markdown tables (pinned, peers)
+    shown = text if markdown else f"```\n{text}\n```"  # as Markdown, else as printed
     return f"Measured with `{record['command']}` on {record['machine']}, {record['date']}, commit {record['commit']}:\n\n{shown}\n"
 
 

@@ -1,8 +1,9 @@
 """The published int8 file on an AVX2-only CPU's kernels, on every test digit: its accuracy there against the
-figure its card states, and how far its lengths are from this CPU's kernels' (QEMU's emulator of an AMD EPYC Rome,
-export/avx2.py; about 8 images/s on 2 cores, so the 10,000 digits take about 20 minutes).
+figure its card states, how far its lengths are from this CPU's kernels' and, on the first digits, from the graph's
+meaning by onnx.reference (QEMU's emulator of an AMD EPYC Rome, export/avx2.py; slow: the 10,000 digits take
+over half an hour on 2 cores).
 
-    python scripts/int8_avx2.py [--model models/capsnet-mnist-int8.onnx] [--digits 10000]
+    python scripts/int8_avx2.py [--model models/capsnet-mnist-int8.onnx] [--digits 10000] [--reference-digits 100]
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export.artifact import cpu_session, ort_outputs  # noqa: E402
+from export.artifact import cpu_session, ort_outputs, reference_lengths  # noqa: E402
 from export.avx2 import EMULATED_CPU, lengths_without_vnni  # noqa: E402
 from export.onnx_export import on_canvas  # noqa: E402
 from mnist import DEFAULT_ROOT, read_split  # noqa: E402
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", type=Path, default=ROOT / "models" / "capsnet-mnist-int8.onnx", help="an int8 file")
     p.add_argument("--digits", type=int, default=10_000, help="test digits, from the first")
+    p.add_argument("--reference-digits", type=int, default=100, help="digits also run by onnx.reference")
     p.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="MNIST root folder")
     args = p.parse_args(argv)
 
@@ -44,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  this CPU's kernels:  accuracy {np.mean(here.argmax(1) == labels):.2%}")
     print(f"  AVX2-only kernels:   accuracy {accuracy:.2%}; max |d lengths| against this CPU's "
           f"{np.abs(emulated - here).max():.2e}, {int((emulated.argmax(1) != here.argmax(1)).sum())} labels differ")
+    few = min(args.reference_digits, len(images))
+    if few:
+        graph = reference_lengths(args.model, images[:few])
+        print(f"  against onnx.reference on the first {few} digits: AVX2-only kernels {np.abs(emulated[:few] - graph).max():.2e},"
+              f" this CPU's {np.abs(here[:few] - graph).max():.2e}")
     print("  the file's stated accuracy (its metadata, the card's figure): "
           + ("none" if stated is None else f"{stated:.2%}"))
     return 0
