@@ -24,11 +24,10 @@ from typing import Any, Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 
-from serving.framework import any_method, static_file
+from serving.framework import any_method, cors, static_file
 from serving.access import CHALLENGE, refusal
 from serving.errors import JSON_TYPE, NotAllowed, answered, error_message, error_response
 from serving.lifecycle import Drain
@@ -234,9 +233,7 @@ class Front:
         self.token = token
         self.router = Router(routes=table(worker, app), default=self.bentoml)
         # Starlette's CORS middleware in front of the rest: a preflight is answered before the token is asked for
-        self.handle = CORSMiddleware(self.guarded, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
-                                     allow_headers=["Authorization", "Content-Type", "Inference-Header-Content-Length"],
-                                     expose_headers=["Inference-Header-Content-Length"]) if cors_origins else self.guarded
+        self.handle = cors(self.guarded, cors_origins) if cors_origins else self.guarded
 
     async def bentoml(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A request no route of ours answers, on to BentoML's app as it came (without our router in its scope)."""

@@ -23,7 +23,8 @@ fails loudly instead of quietly serving without a patch.
    uses without its decorator (serving/batching.py, `CorkBatcher`): `cork_dispatcher`.
 5. Starlette's router and static files (starlette 1.10), under serving/app.py's route table: `any_method` lets every
    method reach a route (its endpoint answers a JSON 405; Starlette's own is plain text), `static_file` turns
-   StaticFiles' HTTPException into a status and reason for our JSON answer.
+   StaticFiles' HTTPException into a status and reason for our JSON answer; `cors` puts Starlette's CORS middleware
+   in front of serving/app.py's layer when CAPSNET_CORS_ORIGINS names origins.
 6. BentoML's error log (`_bentoml_impl.server.app.log_exception`). BentoML logs every request its own API layer
    refuses (a body that is not JSON, a validation error: /reconstruct, /explain, /metadata) at ERROR with a full
    traceback, so that one client's mistakes fill an operator's log. `quiet_client_errors` swaps the function that
@@ -183,6 +184,15 @@ def any_method(route: Any) -> Any:
     """route (a starlette.routing.Route), matched for every method: Route.matches compares `methods` when set."""
     route.methods = None
     return route
+
+
+def cors(app: Callable, origins: tuple[str, ...]) -> Callable:
+    """app behind Starlette's CORS middleware for these origins (CAPSNET_CORS_ORIGINS): preflights answered first."""
+    from starlette.middleware.cors import CORSMiddleware
+
+    return CORSMiddleware(app, allow_origins=list(origins), allow_methods=["GET", "POST"],
+                          allow_headers=["Authorization", "Content-Type", "Inference-Header-Content-Length"],
+                          expose_headers=["Inference-Header-Content-Length"])
 
 
 async def static_file(files: Any, scope: dict, receive: Callable, send: Callable) -> tuple[int, str] | None:
