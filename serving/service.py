@@ -12,7 +12,6 @@ layer in front of BentoML's app, which BentoML builds before this instance and w
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 import typing as t
 
@@ -23,7 +22,7 @@ from serving import framework
 from serving.app import Bound, Front
 from serving.batching import make_batcher
 from serving.errors import answered
-from serving.lifecycle import Drain
+from serving.lifecycle import Drain, log
 from serving.limits import MAX_CONCURRENCY
 from serving.metrics import batcher_metrics
 from serving.routes import Routes
@@ -33,7 +32,6 @@ from serving.settings import Settings, SettingsError
 from serving.v2 import OpenInference
 from serving.v2_grpc import GrpcInference, check_port, grpc_server
 
-log = logging.getLogger("bentoml.capsnet")  # BentoML configures its loggers in each worker
 STARTUP_ERRORS = (DeviceError, ModelError, FileNotFoundError, SettingsError)
 
 

@@ -17,7 +17,6 @@ refuses before it reaches us), UNAVAILABLE (503, and every call while the worker
 
 from __future__ import annotations
 
-import logging
 import socket
 from typing import Any, Callable
 
@@ -32,7 +31,6 @@ from serving.settings import SettingsError
 from serving.v2 import MODEL, OpenInference, check_input
 from serving.v2_proto import MESSAGES, METHODS, SERVICE
 
-log = logging.getLogger("bentoml.capsnet")
 CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (TooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED), (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND), (Overloaded, grpc.StatusCode.UNAVAILABLE)]
