@@ -30,6 +30,7 @@ SERVICE_ENV = {"CAPSNET_MODEL": str(PUBLISHED_ONNX), "CAPSNET_DEVICE": "cpu"}
 # a missing tool runs and fails instead
 OWN_CANVAS = 32  # the image size of the tests' own model (own_run)
 REQUIRE_TOOLS = bool(os.environ.get("CAPSNET_REQUIRE_TOOLS") or os.environ.get("CI"))
+TIMER_SLACK_S = 0.02  # how early an event loop's timer may fire as a test counts time (uvloop: whole ms from a cached clock)
 
 
 # The modules whose tests start real processes (a service, a container, a browser, Locust, wrk, Node), train or

@@ -16,7 +16,7 @@ import pytest
 
 from loadtest import replicas
 from loadtest.server import running_service, wait_ready
-from tests.conftest import REQUIRE_TOOLS, SERVICE_ENV
+from tests.conftest import REQUIRE_TOOLS, SERVICE_ENV, TIMER_SLACK_S
 
 DRAIN_S = 3.0
 READ_TIMEOUT_S = 1.0
@@ -52,7 +52,8 @@ def test_a_worker_restarts_and_sigterm_drains_with_a_request_in_flight(tmp_path,
         with socket.create_connection((host, int(port))) as slow:
             slow.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\n")
             assert read_all(slow).startswith(b"HTTP/1.1 408 ")
-            assert time.monotonic() - started >= READ_TIMEOUT_S
+            # (CI measured 0.99990 s for a 1 s deadline: TIMER_SLACK_S)
+            assert time.monotonic() - started >= READ_TIMEOUT_S - TIMER_SLACK_S
 
         # a killed worker is replaced (serving/framework.py's quick_respawn: tests/test_framework.py) and ready again
         manager = psutil.Process(service.pid)
