@@ -56,8 +56,9 @@ setup: $(VENV)/.installed tools
 
 # Debian's tools the tests and targets use, where this machine lets us install them (root and apt-get): Chromium
 # (the page, tests/test_ui.py), HAProxy (make replicas), wrk (make loadtest-pinned, make peers), qemu-user (the
-# AVX2-only CPU's int8 kernels, export/avx2.py). One apt-get run; each as package:command.
-TOOLS := chromium:chromium haproxy:haproxy wrk:wrk qemu-user:qemu-x86_64
+# AVX2-only CPU's int8 kernels, export/avx2.py), h2load (make peers' gRPC rows: a compiled HTTP/2 client that sends
+# gRPC's frames). One apt-get run; each as package:command.
+TOOLS := chromium:chromium haproxy:haproxy wrk:wrk qemu-user:qemu-x86_64 nghttp2-client:h2load
 tools:
 	@missing="$$(for t in $(TOOLS); do command -v $${t#*:} >/dev/null 2>&1 || echo $${t%%:*}; done)"; \
 	[ -z "$$missing" ] || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && apt-get update -qq \
@@ -85,10 +86,13 @@ serve: | serve-setup
 	  $(VENV)/bin/bentoml serve serving.service:CapsNet --host $(HOST) --port $(PORT)
 
 # The serving peers (PyTriton, LitServe, Ray Serve) in a venv of their own: PyTriton holds numpy below 2.
+# KServe's model server in another (.venv-kserve): it pins its own FastAPI, uvicorn and protobuf.
+pip_of = $(if $(HOST_PIP),$(PYTHON) -m pip --python $(1)/bin/python,$(1)/bin/python -m pip)
 PEERS_VENV := .venv-peers
-PEERS_PIP := $(if $(HOST_PIP),$(PYTHON) -m pip --python $(PEERS_VENV)/bin/python,$(PEERS_VENV)/bin/python -m pip)
-$(PEERS_VENV)/bin/python:
-	$(PYTHON) -m venv $(if $(HOST_PIP),--without-pip) $(PEERS_VENV)
+PEERS_PIP := $(call pip_of,$(PEERS_VENV))
+KSERVE_VENV := .venv-kserve
+%/bin/python:
+	$(PYTHON) -m venv $(if $(HOST_PIP),--without-pip) $*
 
 $(PEERS_VENV)/.triton: pyproject.toml | $(PEERS_VENV)/bin/python
 	$(PEERS_PIP) install -q --no-compile -e '.[triton-peer]'
@@ -101,7 +105,11 @@ $(PEERS_VENV)/.installed: pyproject.toml $(PEERS_VENV)/.triton
 	$(PEERS_PIP) install -q $(PEERS_PACKAGES)
 	touch $@
 
-peers-setup: $(PEERS_VENV)/.installed
+$(KSERVE_VENV)/.installed: pyproject.toml | $(KSERVE_VENV)/bin/python
+	$(call pip_of,$(KSERVE_VENV)) install -q --no-compile -e '.[kserve-peer]'
+	touch $@
+
+peers-setup: $(PEERS_VENV)/.installed $(KSERVE_VENV)/.installed
 
 # The service against the serving peers, side by side on one pinned core (python -m loadtest.peers --help).
 PEERS_ARGS ?=
@@ -164,7 +172,7 @@ experiments: setup
 
 # The whole suite, with its 15 slowest tests listed at the end.
 # the tests run the peers' quick mode with PyTriton (tests/test_peers.py)
-test: setup $(PEERS_VENV)/.triton
+test: setup $(PEERS_VENV)/.triton $(KSERVE_VENV)/.installed
 	$(PY) -m pytest -rs --durations=15 $(PYTEST_ARGS)
 
 # The inner loop: everything that runs in-process (the HTTP contract, hostile inputs, the runtime, the batcher,

@@ -34,6 +34,7 @@ from training.canvas import AFFNIST, affnist_like, random_placement  # noqa: E40
 from training.checkpoint import load_weights, write_json  # noqa: E402
 from training.data import load_split  # noqa: E402
 from experiments.pipeline import experiment_parser, export_serve_answer, figure_title  # noqa: E402
+from timing import describe_cpu  # noqa: E402
 
 ARCHS = ("capsnet", "cnn")
 CANVAS = AFFNIST["canvas"]
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "test_sets": {"digits": len(labels), "seeds": TEST_SEEDS, "affine_ranges": AFFNIST,
                                   "drawn": {k: [round(v.min().item(), 3), round(v.max().item(), 3)]
                                             for k, v in params.items()}},
-                    "accuracy": {}, "runs": {}}
+                    "accuracy": {}, "runs": {}, "cpu": describe_cpu()}
     for arch in ARCHS:
         folder = runs / arch
         started = time.time()

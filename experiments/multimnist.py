@@ -44,6 +44,7 @@ from training.data import load_split  # noqa: E402
 from training.model import CapsNet, CapsNetConfig, margin_loss, reconstruction_loss  # noqa: E402
 from experiments.pipeline import experiment_parser, export_serve_answer, figure_title  # noqa: E402
 from training.train import STATE, WEIGHTS, pick_device  # noqa: E402
+from timing import describe_cpu  # noqa: E402
 
 ARCHS = ("capsnet", "cnn")
 CANVAS = MULTI["canvas"]
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  "seed": args.seed, "selection": "none: the last weights"},
                     "final": args.schedule == "full", "pairs": {**MULTI, "test_pairs": len(test_labels),
                                                                 "test_seed": TEST_SEED},
-                    "accuracy_both_named": {}, "runs": {}}
+                    "accuracy_both_named": {}, "runs": {}, "cpu": describe_cpu()}
     for arch in ARCHS:
         folder = runs / arch
         started = time.time()

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from timing import describe_cpu  # noqa: E402
 
 NUMBERS = ROOT / "docs" / "numbers"
-PAGES = ("README.md", "BENCHMARKS.md", "docs/serving.md", "docs/loadtest.md", "docs/export.md", "docs/testing.md", "docs/runtimes.md", "docs/containers.md",
+PAGES = ("README.md", "BENCHMARKS.md", "docs/training.md", "docs/serving.md", "docs/loadtest.md", "docs/export.md", "docs/testing.md", "docs/runtimes.md", "docs/containers.md",
          "models/README.md")
 BLOCK = re.compile(r"(<!-- numbers: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /numbers -->)", re.S)
 CURLS = ("curl -s -XPOST 127.0.0.1:3000/classify -H 'Content-Type: application/json' -d @docs/examples/digit.json",
@@ -83,6 +83,12 @@ def measure_export() -> tuple[str, str]:
     command = ".venv/bin/python -m export --checkpoint models/capsnet-mnist.safetensors --out models/capsnet-mnist.onnx"
     return command, "".join(line for line in run(command).splitlines(keepends=True)
                             if not line.startswith("[torch.onnx]"))
+
+
+def measure_training() -> tuple[str, str]:
+    """`make train`'s quick CPU model (one epoch of 30,000 digits), timed from outside (docs/training.md)."""
+    command = "/usr/bin/time -v .venv/bin/python -m training --epochs 1 --limit 30000 --out runs/docs-train --quiet"
+    return command, kept(command, lambda line: line.startswith(("capsnet ", '{"epoch"')) or "Elapsed (wall" in line)
 
 
 def measure_int8_range() -> tuple[str, str]:
@@ -244,11 +250,17 @@ def measure_fresh_clone() -> tuple[str, str]:
     return "git clone of HEAD into a temporary folder, then .ci/run and make test-quick there, timed", "".join(lines)
 
 
-def measure_peers() -> tuple[str, str]:
-    """The service beside PyTriton, LitServe, Ray Serve, BentoML's batchable API and the baseline (`make peers`;
-    their packages in .venv-peers: make peers-setup). A Markdown page of tables, shown as it is."""
-    command = ".venv/bin/python -m loadtest.peers --out runs/docs-peers"
+def measure_peers(out: str = "runs/docs-peers") -> tuple[str, str]:
+    """The service beside PyTriton, KServe's server, LitServe, Ray Serve, BentoML's batchable API and the baseline,
+    over HTTP and gRPC (`make peers`; their packages in .venv-peers and .venv-kserve: make peers-setup). A Markdown
+    page of tables, shown as it is."""
+    command = f".venv/bin/python -m loadtest.peers --out {out}"
     return command, run(command)
+
+
+def measure_peers_again() -> tuple[str, str]:
+    """The peers measured a second time (a ranking from one run is not a standing)."""
+    return measure_peers("runs/docs-peers-2")
 
 
 def measure_slowclients() -> tuple[str, str]:
@@ -260,9 +272,9 @@ def measure_slowclients() -> tuple[str, str]:
 MEASURES: dict[str, Callable[[], tuple[str, str]]] = {
     "export": measure_export, "int8-range": measure_int8_range, "int8-avx2": measure_int8_avx2,
     "runtimes": measure_runtimes,
-    "examples": measure_examples, "loadtest": measure_loadtest, "pinned": measure_pinned,
+    "training": measure_training, "examples": measure_examples, "loadtest": measure_loadtest, "pinned": measure_pinned,
     "replicas": measure_replicas, "replicas-again": measure_replicas_again, "slowclients": measure_slowclients,
-    "peers": measure_peers,
+    "peers": measure_peers, "peers-again": measure_peers_again,
     "container": measure_container, "container-gpu": measure_container_gpu, "own-model": measure_own_model, "fresh-clone": measure_fresh_clone}
 
 

@@ -29,6 +29,7 @@ from training.checkpoint import load_weights, write_json  # noqa: E402
 from training.data import DEFAULT_ROOT, load_split  # noqa: E402
 from training.model import CapsNet, capsule_lengths  # noqa: E402
 from training.train import accuracy  # noqa: E402
+from timing import describe_cpu  # noqa: E402
 
 PERTURB_STEPS = [round(-0.25 + 0.05 * k, 2) for k in range(11)]  # -0.25 ... 0.25
 ROUTING_ITERS = (1, 2, 3, 5)
@@ -42,7 +43,7 @@ def _save(fig, out: Path, name: str, data: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    write_json(out / f"{name}.json", data)
+    write_json(out / f"{name}.json", {**data, "cpu": describe_cpu()})
 
 
 @torch.no_grad()

@@ -34,6 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from training import train  # noqa: E402
 from training.checkpoint import load_weights, write_json  # noqa: E402
 from training.data import DEFAULT_ROOT, load_split  # noqa: E402
+from timing import describe_cpu  # noqa: E402
 
 TRAIN_DIGITS = 60_000
 FRACTIONS = (0.01, 0.05, 0.10)
@@ -182,7 +183,7 @@ def write_report(path: Path, quick: bool, images: int, results: list[dict]) -> d
                            "selection": "none: the last weights of a schedule fixed in advance"},
               "subset": f"the first N training digits after the fixed validation split (seed {train.VAL_SPLIT_SEED});"
                         " the same digits for both models and every seed",
-              "quick": quick, "rows": table(results), "runs": results}
+              "quick": quick, "rows": table(results), "runs": results, "cpu": describe_cpu()}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, report)
     return report

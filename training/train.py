@@ -27,6 +27,7 @@ from training.baseline import BaselineCNN, BaselineConfig, cross_entropy
 from training.checkpoint import load_state, load_weights, save_state, save_weights
 from training.data import DEFAULT_ROOT, MNIST_SIZE, centre, load_split, random_shift
 from training.model import CapsNet, CapsNetConfig, count_parameters, margin_loss, reconstruction_loss
+from timing import describe_cpu
 
 VAL_SPLIT_SEED = 12345  # the held-out validation images are the same for every training seed
 WEIGHTS = "checkpoint.safetensors"  # evaluation weights (EMA when enabled) + .json sidecar
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "command": "python -m training " + shlex.join(argv if argv is not None else sys.argv[1:]),
                 "train_images": len(x), "world_size": dist_info.world,
                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                "torch": torch.__version__,
+                "torch": torch.__version__, "cpu": describe_cpu(),
                 **({"init": init_info} if init_info else {}),
             })
             save_state(out / STATE, {

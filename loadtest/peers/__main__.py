@@ -10,14 +10,19 @@ after each, and each row's images/s is given as a share of it. Writes peers.json
   service     this project: `bentoml serve`, /classify (JSON; raw float32) and the Open Inference
               Protocol (/v2/.../infer: JSON tensors; binary tensors), the same worker and batcher
   pytriton    NVIDIA PyTriton: the real tritonserver, its dynamic batcher, the v2 protocol (JSON; binary)
+  kserve      KServe's Python model server (a kserve.Model), the v2 protocol (JSON; binary); no batching in it
   litserve    LitServe with its batching: JSON only
   rayserve    Ray Serve with @serve.batch: JSON; raw float32 (a deployment reads the request as it likes)
   bentoml     BentoML's own batchable API (numpy in and out): JSON only
   reference   30 lines of Starlette + ONNX Runtime, one run per request (loadtest/reference.py)
 
-The peers' packages live in a venv of their own, .venv-peers (`make peers-setup`: the `peers` extra,
-nvidia-pytriton, litserve, ray[serve] and the same onnxruntime-gpu; PyTriton holds numpy below 2); a peer
-whose package is missing is left out, and said so.
+Over gRPC, the Open Inference Protocol's ModelInfer with raw contents, 1 digit and 8 (the service, PyTriton's
+tritonserver and KServe's server): h2load, a compiled HTTP/2 client, sends gRPC's frames (loadtest/grpc_load.py).
+
+The peers' packages live in venvs of their own (`make peers-setup`): .venv-peers (the `peers` extra:
+nvidia-pytriton, litserve, ray[serve] and the same onnxruntime-gpu; PyTriton holds numpy below 2) and
+.venv-kserve (the `kserve-peer` extra: KServe pins its own FastAPI and protobuf); a peer whose package is
+missing is left out, and said so.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from loadtest.grpc_load import call, h2load, infer_body
 from loadtest.pinned import PERCENTILES_LUA, InProcess, combine, cpu_seconds, in_process_summary, split_cells, wrk
 from loadtest.prometheus import scrape, split
 from loadtest.server import MODEL_HELP, bentoml_serve, free_port, model_file, started
@@ -45,6 +51,8 @@ from mnist import DEFAULT_ROOT, read_split
 ROOT = Path(__file__).resolve().parents[2]
 PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"  # make peers-setup: PyTriton holds numpy below 2
 BODIES = {"1 digit, JSON": (1, False), "1 digit, binary": (1, True), "8 digits, binary": (8, True)}
+GRPC_BODIES = {"1 digit, gRPC": 1, "8 digits, gRPC": 8}  # ModelInfer, raw contents (h2load)
+GRPC_FORM = "ModelInfer, raw contents"
 LUA = """wrk.method = "POST"
 {headers}
 local f = io.open("{body}", "rb"); wrk.body = f:read("*a"); f:close()
@@ -118,21 +126,29 @@ class Peer:
     package: str | None  # the module that must import for this peer to run
     ready: str  # the health route that answers 200 once it serves
     forms: dict[str, tuple[str, ...]]  # body -> its native formats for that body (FORMS' names)
+    grpc: bool = False  # whether it speaks the Open Inference Protocol over gRPC too
+    venv: str | None = None  # a venv of its own, where its pins conflict with .venv-peers'
     startup_s: float = 180
 
-    def command(self, model: Path, port: int, threads: int, peers_python: str) -> tuple[list[str], dict[str, str]]:
-        python = peers_python if self.package else sys.executable
+    def python(self, peers_python: str) -> str:
+        if self.package is None:
+            return sys.executable
+        return str(ROOT / self.venv / "bin" / "python") if self.venv else peers_python
+
+    def command(self, model: Path, port: int, grpc_port: int, threads: int, peers_python: str
+                ) -> tuple[list[str], dict[str, str]]:
+        python = self.python(peers_python)
         if self.name == "service":
             return (bentoml_serve(port, python=python),
                     {"CAPSNET_MODEL": str(model), "CAPSNET_VARIANT": "int8", "CAPSNET_DEVICE": "cpu",
-                     "CAPSNET_WORKERS": "1", "CAPSNET_THREADS": str(threads)})
+                     "CAPSNET_WORKERS": "1", "CAPSNET_THREADS": str(threads), "CAPSNET_GRPC_PORT": str(grpc_port)})
         if self.name == "bentoml":
             return (bentoml_serve(port, "loadtest.peers.bentoml_peer:Peer", python),
                     {"PEER_MODEL": str(int8_file(model)), "PEER_THREADS": str(threads)})
         module = "loadtest.reference" if self.name == "reference" else f"loadtest.peers.{self.name}_peer"
         env = {"LD_LIBRARY_PATH": libpython_dir(python)} if self.name == "pytriton" else {}
         return [python, "-m", module, "--model", str(int8_file(model)), "--port", str(port),
-                "--threads", str(threads)], env
+                "--grpc-port", str(grpc_port), "--threads", str(threads)], env
 
 
 def libpython_dir(python: str) -> str:
@@ -152,35 +168,38 @@ CLASSIFY_FORMS = {"1 digit, JSON": ("classify-json",), "1 digit, binary": ("clas
 V2_FORMS = {"1 digit, JSON": ("v2-json",), "1 digit, binary": ("v2-binary",), "8 digits, binary": ("v2-binary",)}
 PEERS = {p.name: p for p in [
     # the service's two APIs, in one process (serving/v2.py must keep up with /classify)
-    Peer("service", None, "/readyz", {body: CLASSIFY_FORMS[body] + V2_FORMS[body] for body in BODIES}),
-    Peer("pytriton", "pytriton", "/v2/models/capsnet/ready", V2_FORMS),
+    Peer("service", None, "/readyz", {body: CLASSIFY_FORMS[body] + V2_FORMS[body] for body in BODIES}, grpc=True),
+    Peer("pytriton", "pytriton", "/v2/models/capsnet/ready", V2_FORMS, grpc=True),
+    Peer("kserve", "kserve", "/v2/models/capsnet/ready", V2_FORMS, grpc=True, venv=".venv-kserve"),
     Peer("litserve", "litserve", "/health", {body: ("litserve-json",) for body in BODIES}),
     Peer("rayserve", "ray.serve", "/-/healthz", CLASSIFY_FORMS),
     Peer("bentoml", None, "/readyz", {body: ("bentoml-json",) for body in BODIES}),
     Peer("reference", None, "/readyz", CLASSIFY_FORMS),
 ]}
-QUICK_PEERS = ["service", "pytriton"]
+QUICK_PEERS = ["service", "pytriton", "kserve"]
 
 
 def installed(peer: Peer, peers_python: str) -> bool:
-    """Whether the peer's package imports in the Python that runs the peers."""
+    """Whether the peer's package imports in the Python that runs it."""
     if peer.package is None:
         return True
+    python = peer.python(peers_python)
     check = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({peer.package.split('.')[0]!r}) is None)"
-    return subprocess.run([peers_python, "-c", check], capture_output=True).returncode == 0
+    return Path(python).exists() and subprocess.run([python, "-c", check], capture_output=True).returncode == 0
 
 
 @contextmanager
 def running(peer: Peer, model: Path, core: int, threads: int, log: Path, peers_python: str
-            ) -> Iterator[tuple[str, int]]:
-    """The peer's server pinned to `core`; yields its URL and pid, and stops it and its children afterwards."""
-    port = free_port()
-    command, env = peer.command(model.resolve(), port, threads, peers_python)
+            ) -> Iterator[tuple[str, int, str]]:
+    """The peer's server pinned to `core`; yields its URL, pid and gRPC target ("" when it speaks no gRPC), and
+    stops it and its children afterwards."""
+    port, grpc_port = free_port(), free_port()
+    command, env = peer.command(model.resolve(), port, grpc_port, threads, peers_python)
     begun = time.time()
     # PyTriton does not stop on SIGTERM: killed after 2 s
     with started(command, port, env, log, peer.startup_s, peer.ready, {core}, ROOT, stop_timeout=2) as proc:
         print(f"peers: {peer.name} ready in {time.time() - begun:.1f} s", file=sys.stderr)
-        yield f"http://127.0.0.1:{port}", proc.pid
+        yield f"http://127.0.0.1:{port}", proc.pid, f"127.0.0.1:{grpc_port}" if peer.grpc else ""
 
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
@@ -223,12 +242,26 @@ def measure(args: argparse.Namespace) -> dict:
     for name in args.peers:
         peer = PEERS[name]
         if not installed(peer, args.peers_python):
-            left_out.append(f"{name} ({peer.package} is not installed in {args.peers_python}: make peers-setup)")
+            left_out.append(f"{name} ({peer.package} is not installed in {peer.python(args.peers_python)}:"
+                            " make peers-setup)")
             print(f"peers: {left_out[-1]}", file=sys.stderr)
             continue
         log = args.out / f"{name}.log"
-        with running(peer, args.model, args.server_core, args.threads, log, args.peers_python) as (url, pid):
+        with running(peer, args.model, args.server_core, args.threads, log, args.peers_python) as (url, pid, grpc):
             check_answers(peer, url, images, expected)
+
+            def timed(body: str, count: int, form: str, load: Callable[[float], dict]) -> None:
+                """One row: `load(seconds)` once to warm up, then measured with the server's CPU time (and, for
+                ours, the batcher's split from its /metrics over the same window)."""
+                before = scrape(url) if name == "service" else None  # ours has the batcher's metrics
+                cpu_before = cpu_seconds(pid)
+                result = load(args.seconds)
+                row = {**combine(name, body, count, [(result, cpu_seconds(pid) - cpu_before)]), "format": form,
+                       "server_split": None if before is None else split(before, scrape(url))}
+                rows.append(row)
+                print(f"{name:10} {body:17} {form:26} {row['requests_per_s']:8.1f} req/s"
+                      f" p99 {row['p99_ms']:.1f} ms  non-2xx {row['non_2xx']}", file=sys.stderr)
+
             for body, (count, _) in BODIES.items():
                 forms = [FORMS[form_name] for form_name in peer.forms[body]]
                 scripts = [write_script(args.out / f"{name}-{count}-{i}", form, images[:count]) for i, form in enumerate(forms)]
@@ -236,14 +269,18 @@ def measure(args: argparse.Namespace) -> dict:
                     if args.warmup > 0:
                         wrk(url, script, {args.client_core}, args.connections, args.warmup, form.path)
                 for form, script in zip(forms, scripts):
-                    before = scrape(url) if name == "service" else None  # ours has the batcher's metrics
-                    cpu_before = cpu_seconds(pid)
-                    result = wrk(url, script, {args.client_core}, args.connections, args.seconds, form.path)
-                    row = {**combine(name, body, count, [(result, cpu_seconds(pid) - cpu_before)]), "format": form.name,
-                           "server_split": None if before is None else split(before, scrape(url))}
-                    rows.append(row)
-                    print(f"{name:10} {body:17} {form.name:26} {row['requests_per_s']:8.1f} req/s"
-                          f" p99 {row['p99_ms']:.1f} ms  non-2xx {row['non_2xx']}", file=sys.stderr)
+                    timed(body, count, form.name, lambda seconds, script=script, form=form: wrk(
+                        url, script, {args.client_core}, args.connections, seconds, form.path))
+            for body, count in GRPC_BODIES.items() if grpc else ():
+                message = infer_body(images[:count])
+                lengths, answer_bytes = call(grpc, message)
+                if lengths.argmax(1).tolist() != expected[:count]:
+                    raise AssertionError(f"{name}, gRPC: labels {lengths.argmax(1).tolist()}, expected {expected[:count]}")
+                def load(seconds: float, message: bytes = message, answer_bytes: int = answer_bytes) -> dict:
+                    return h2load(grpc, message, answer_bytes, {args.client_core}, args.connections, seconds)
+                if args.warmup > 0:
+                    load(args.warmup)
+                timed(body, count, GRPC_FORM, load)
         samples.append(in_process.rate(best_batch, args.in_process_seconds))
     model_rate = sum(samples) / len(samples)
     for row in rows:
@@ -259,8 +296,11 @@ def markdown(report: dict) -> str:
              f" Each server alone on core"
              f" {report['server_core']}, wrk on core {report['client_core']}, {report['connections']} connections,"
              f" {report['seconds']:g} s per body.", ""]
-    for body in BODIES:
-        lines += [f"**{body}**", "", "| server | its format | req/s | images/s | of in-process | p50 | p90 | p95 | p99 |"
+    for body in [*BODIES, *GRPC_BODIES]:
+        if not any(r["body"] == body for r in report["rows"]):
+            continue
+        client = "h2load" if body in GRPC_BODIES else "wrk"
+        lines += [f"**{body}** ({client})", "", "| server | its format | req/s | images/s | of in-process | p50 | p90 | p95 | p99 |"
                   " errors | queue | compute | batch |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted((r for r in report["rows"] if r["body"] == body), key=lambda r: -r["images_per_s"]):
             lines.append(f"| {r['server']} | {r['format']} | {r['requests_per_s']:,.0f} | {r['images_per_s']:,.0f} |"

@@ -16,6 +16,7 @@ def arguments(description: str) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="the ONNX file to serve (the int8 variant)")
     p.add_argument("--port", type=int, required=True, help="HTTP port on 127.0.0.1")
+    p.add_argument("--grpc-port", type=int, default=0, help="gRPC port on 127.0.0.1, where the peer speaks gRPC (0: any free one)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     return p.parse_args()
 

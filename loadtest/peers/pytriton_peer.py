@@ -20,7 +20,7 @@ def main() -> None:
         return {"lengths": lengths(sess, image)}
 
     config = TritonConfig(http_address="127.0.0.1", http_port=args.port, grpc_address="127.0.0.1",
-                          grpc_port=free_port(), metrics_port=free_port(), log_verbose=0)
+                          grpc_port=args.grpc_port or free_port(), metrics_port=free_port(), log_verbose=0)
     with Triton(config=config) as triton:
         triton.bind(model_name="capsnet", infer_func=infer,
                     inputs=[Tensor(name="image", dtype=np.float32, shape=(1, 28, 28))],
