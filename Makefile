@@ -23,7 +23,7 @@ TRAIN_ARGS ?= $(QUICK_TRAIN_ARGS)
 EXPORT_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup serve-setup publish web tools replicas peers peers-setup data train export serve loadtest loadtest-pinned build container container-gpu container-gpu-check container-run bench experiments docs-numbers gpu-stage \
+.PHONY: setup serve-setup publish web tools replicas peers peers-setup fuzz data train export serve loadtest loadtest-pinned build container container-gpu container-gpu-check container-run bench experiments docs-numbers gpu-stage \
         test test-quick clean help
 help:
 	@echo "make serve      a venv with the serving packages, then serve CAPSNET_MODEL (the published model) on $(HOST):$(PORT)"
@@ -169,6 +169,13 @@ docs-numbers: | setup
 
 experiments: setup
 	$(PY) -m training.evaluate --out docs/experiments
+
+# Each parser of the service fuzzed for FUZZ_SECONDS by atheris (python -m fuzz --help); a finding stops the run
+# and is kept in fuzz/findings/TARGET/, which every later run and tests/test_fuzz.py replay.
+FUZZ_SECONDS ?= 1800
+FUZZ_TARGETS ?= octets json v2-json v2-binary grpc multipart image
+fuzz: setup
+	@for t in $(FUZZ_TARGETS); do $(PY) -m fuzz $$t --seconds $(FUZZ_SECONDS) || exit 1; done
 
 # The whole suite, with its 15 slowest tests listed at the end.
 # the tests run the peers' quick mode with PyTriton (tests/test_peers.py)

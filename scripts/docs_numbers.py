@@ -62,8 +62,8 @@ def run(command: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> st
     """A command's standard output (its standard error too when `2>&1` is asked for)."""
     done = subprocess.run(command, shell=True, cwd=cwd, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=1800)
-    if done.returncode not in (0, 1):  # the load test exits 1 when it misses its SLO: still its numbers
-        raise RuntimeError(f"{command}: exit {done.returncode}\n{done.stderr[-2000:]}")
+    if done.returncode not in (0, 1) or not done.stdout.strip():  # the load test exits 1 when it misses its SLO:
+        raise RuntimeError(f"{command}: exit {done.returncode}\n{done.stderr[-2000:]}")  # still its numbers
     return done.stdout
 
 

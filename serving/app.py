@@ -22,6 +22,7 @@ import mimetypes
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, Router
@@ -197,18 +198,38 @@ async def refuse_too_large(receive: Receive, send: Send, max_bytes: int, read: i
     await reply(send, 413, f"request body over {max_bytes:,} bytes")
 
 
-def replayed(body: bytes, receive: Receive) -> Receive:
-    """A receive that gives the already-read body first, then whatever the connection says next."""
-    given = False
+async def answer_unless_gone(app: Callable, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+    """app's answer to a request whose body is read. One task listens to the connection meanwhile: if the client
+    leaves before the answer starts, the route is cancelled, and a request still waiting for its batch leaves the
+    queue without running (serving/batching.py); once the answer has started, it is left to finish. The route
+    reads the body it was sent, then hears of the disconnect from that task, the connection's one reader."""
+    gone = anyio.Event()
+    started = given = False
 
     async def replay() -> dict[str, Any]:
         nonlocal given
         if not given:
             given = True
             return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
+        await gone.wait()
+        return {"type": "http.disconnect"}
 
-    return replay
+    async def send_tracked(message: dict[str, Any]) -> None:
+        nonlocal started
+        started = True
+        await send(message)
+
+    async with anyio.create_task_group() as group:
+        async def listen() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass  # nothing else comes after a whole body; a disconnect is also what follows the answer
+            gone.set()
+            if not started:
+                group.cancel_scope.cancel()
+
+        group.start_soon(listen)
+        await app(scope, replay, send_tracked)
+        group.cancel_scope.cancel()
 
 
 def closing(send: Send) -> Send:
@@ -273,4 +294,4 @@ class Front:
         raw_type = headers.get(b"content-type", b"").decode("latin-1")
         if media_type(raw_type) == "multipart/form-data" and "boundary=" not in raw_type:
             return await reply(send, 400, "a multipart/form-data body needs a boundary in its Content-Type")
-        await self.router(scope, replayed(b"".join(chunks), receive), send)
+        await answer_unless_gone(self.router, scope, b"".join(chunks), receive, send)

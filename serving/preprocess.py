@@ -8,6 +8,7 @@ Dimensions are checked from the header before any pixel is decoded (pixel bombs)
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
 import numpy as np
@@ -17,6 +18,9 @@ from serving.errors import InvalidInput, TooLarge
 from serving.limits import IMAGE_SIZE, MAX_PIXELS, MAX_UPLOAD_BYTES
 
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
+# what Pillow's format plugins raise on a malformed file, in its header or its data (a BMP header of an unknown
+# type: OSError, found by fuzz/; the others as Pillow's own Image.open lists them): the client's file, a 400
+MALFORMED = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError, ZeroDivisionError)
 FIT = 20  # MNIST fits each digit into 20x20 ...
 INK = 0.1  # ... and we crop to pixels brighter than this (after background removal)
 
@@ -33,6 +37,8 @@ def decode(data: bytes) -> Image.Image:
             image = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
     except UnidentifiedImageError:
         raise InvalidInput(f"not an image in a supported format ({', '.join(FORMATS)})") from None
+    except MALFORMED as err:
+        raise InvalidInput(f"the image's header is malformed: {err}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise TooLarge(f"the image is too large; at most {MAX_PIXELS:,} pixels") from None
     width, height = image.size
@@ -42,7 +48,7 @@ def decode(data: bytes) -> Image.Image:
         raise TooLarge(f"the image is {width}x{height} = {width * height:,} pixels; at most {MAX_PIXELS:,}")
     try:
         image.load()
-    except (OSError, SyntaxError, ValueError) as err:
+    except MALFORMED as err:
         raise InvalidInput(f"the image is truncated or corrupt: {err}") from None
     return image
 
@@ -89,7 +95,5 @@ def mnist_style(grey: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
 
 def preprocess(data: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
     """Uploaded bytes -> (1, size, size) float32 in [0, 1]; size is the served graph's image size."""
-    image = decode(data)
-    if getattr(image, "n_frames", 1) > 1:
-        image.seek(0)  # animated GIF / WebP: the first frame
+    image = decode(data)  # an animated GIF or WebP: its first frame, the one Image.open positions at and load reads
     return mnist_style(to_grey(image), size)

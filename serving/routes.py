@@ -84,6 +84,15 @@ def parse_octets(body: bytes, max_batch: int = MAX_BATCH, size: int = IMAGE_SIZE
     return check_pixels(np.frombuffer(body, dtype="<f4").reshape(-1, 1, size, size))
 
 
+def classify_images(kind: str, body: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
+    """/classify's body, by its media type: raw float32 or JSON {"images": ...} -> checked (N, 1, S, S)."""
+    if kind == RAW:
+        return parse_octets(body, size=size)
+    if kind in JSON_TYPES:
+        return validate_images(json_images(body), size=size)
+    raise InvalidInput(f"Content-Type {kind!r}: send application/json or {RAW}")
+
+
 def json_images(body: bytes) -> Any:
     """The "images" of a JSON body {"images": ...} (other keys are ignored, as BentoML's APIs ignore them); else
     InvalidInput saying what the body is. NaN and Infinity literals, which orjson refuses, are read (by the
@@ -150,13 +159,7 @@ class Routes:
     async def classify(self, request: Request) -> Response:
         """POST /classify: raw float32 (application/octet-stream) or JSON {"images": ...} ->
         {"labels": [N], "lengths": [N x 10]}."""
-        kind, body = media_type(request.headers.get("content-type", "")), await request.body()
-        if kind == RAW:
-            images = parse_octets(body, size=self.size)
-        elif kind in JSON_TYPES:
-            images = validate_images(json_images(body), size=self.size)
-        else:
-            raise InvalidInput(f"Content-Type {kind!r}: send application/json or {RAW}")
+        images = classify_images(media_type(request.headers.get("content-type", "")), await request.body(), self.size)
         return answer(classify_answer(await self.batcher.predict_async(images)))
 
     async def classify_image(self, request: Request) -> Response:

@@ -57,7 +57,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
     """The request's JSON header and what follows it (the binary tensor data extension)."""
     size = len(body)
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > size:
+        if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > size:  # "¹".isdigit()
             raise InvalidInput(f"Inference-Header-Content-Length {header_length!r}: expected the JSON header's size,"
                                f" a whole number of at most the body's {size} bytes")
         size = int(header_length)
@@ -112,6 +112,19 @@ def read_images(header: dict[str, Any], binary: bytes, input_name: str, size: in
         if array.size != count:
             raise InvalidInput(f"input '{input_name}': 'data' holds {array.size} numbers; shape {shape} needs {count}")
     return check_pixels(array.reshape(shape))
+
+
+def parse_infer_body(body: bytes, header_length: str | None, input_name: str, size: int, output_names: list[str]
+                     ) -> tuple[dict[str, Any], np.ndarray, list[tuple[str, bool]]]:
+    """An inference request over HTTP, read and checked: its JSON header, its images, the outputs it asks for."""
+    header, binary = split_body(body, header_length)
+    return header, read_images(header, binary, input_name, size), requested_outputs(header, output_names)
+
+
+def check_output(name: Any, names: list[str]) -> str:
+    if name not in names:
+        raise InvalidInput(f"unknown output {name!r}; the model's outputs: {', '.join(names)}")
+    return name
 
 
 def requested_outputs(header: dict[str, Any], names: list[str]) -> list[tuple[str, bool]]:
@@ -223,15 +236,9 @@ class OpenInference:
         runtime = await anyio.to_thread.run_sync(self.version_runtime, version)
         return await anyio.to_thread.run_sync(runtime.run, names, images)
 
-    def output_name(self, name: Any) -> str:
-        if name not in self.output_names:
-            raise InvalidInput(f"unknown output {name!r}; the model's outputs: {', '.join(self.output_names)}")
-        return name
-
     async def infer(self, version: str, body: bytes, header_length: str | None) -> Response:
-        header, binary = split_body(body, header_length)
-        images = read_images(header, binary, self.runtime.input_name, self.runtime.image_size)
-        wanted = requested_outputs(header, self.output_names)
+        header, images, wanted = parse_infer_body(body, header_length, self.runtime.input_name, self.runtime.image_size,
+                                                  self.output_names)
         values = await self.outputs(version, images, [name for name, _ in wanted])
         tensors = [Tensor(name, value, binary) for (name, binary), value in zip(wanted, values)]
         return infer_response(MODEL, version, header.get("id"), tensors)

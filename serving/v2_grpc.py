@@ -28,7 +28,7 @@ from serving.errors import InvalidInput, NotFound, Overloaded, TooLarge
 from serving.limits import MAX_BODY_BYTES
 from serving.routes import check_pixels
 from serving.settings import SettingsError
-from serving.v2 import MODEL, OpenInference, check_input
+from serving.v2 import MODEL, OpenInference, check_input, check_output
 from serving.v2_proto import MESSAGES, METHODS, SERVICE
 
 CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
@@ -60,6 +60,15 @@ def images_of(request: Any, input_name: str, size: int) -> np.ndarray:
                                f" needs {count}")
         array = np.array(values, dtype=np.float32)
     return check_pixels(array.reshape(shape))
+
+
+def parse_infer_request(request: Any, input_name: str, size: int, output_names: list[str]
+                        ) -> tuple[np.ndarray, list[str], bool]:
+    """A ModelInferRequest, checked: its images, the outputs it asks for, and whether to answer in raw contents."""
+    images = images_of(request, input_name, size)
+    names = [check_output(o.name, output_names) for o in request.outputs] if request.outputs else list(output_names)
+    raw = bool(request.raw_input_contents) or any(binary_asked(o.parameters) for o in request.outputs)
+    return images, names, raw
 
 
 def binary_asked(parameters: Any) -> bool:
@@ -98,10 +107,8 @@ class GrpcInference:
         if not self.ready():
             raise Overloaded("this worker is shutting down; send the request again (to another replica)")
         version = self.v2.check(request.model_name, request.model_version or None)
-        images = images_of(request, self.v2.runtime.input_name, self.v2.runtime.image_size)
-        names = ([self.v2.output_name(o.name) for o in request.outputs] if request.outputs
-                 else list(self.v2.output_names))
-        raw = bool(request.raw_input_contents) or any(binary_asked(o.parameters) for o in request.outputs)
+        images, names, raw = parse_infer_request(request, self.v2.runtime.input_name, self.v2.runtime.image_size,
+                                                 self.v2.output_names)
         values = await self.v2.outputs(version, images, names)
         answer = MESSAGES["ModelInferResponse"](model_name=MODEL, model_version=version, id=request.id)
         for name, value in zip(names, values):

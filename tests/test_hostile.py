@@ -100,6 +100,8 @@ CASES = [
      "not an image"),
     ("truncated image", "/classify_image", {"files": {"image": ("x.png", NOISE_PNG[:2000], "image/png")}}, 400,
      "truncated"),
+    ("malformed BMP header (fuzz/findings/image)", "/classify_image",
+     {"files": {"image": ("x.bmp", b"BM" + bytes(60), "image/bmp")}}, 400, "header is malformed"),
     ("empty image", "/classify_image", {"files": {"image": ("x.png", b"", "image/png")}}, 400, "empty"),
     ("wrong form field", "/classify_image", {"files": {"file": ("x.png", NOISE_PNG, "image/png")}}, 400, "image"),
     ("pixel bomb", "/classify_image", {"files": {"image": ("bomb.png", BOMB_PNG, "image/png")}}, 413, "pixels"),

@@ -63,6 +63,14 @@ def test_blank_image_gives_zeros():
     assert not preprocess(encode(Image.new("L", (50, 50), 255))).any()
 
 
+def test_an_animated_gif_is_read_by_its_first_frame(mnist_root):
+    digit = Image.fromarray((read_split("test", mnist_root, 1)[0][0] * 255).astype(np.uint8))
+    buf = io.BytesIO()
+    digit.save(buf, format="GIF", save_all=True, append_images=[Image.new("L", digit.size, 255)], duration=100)
+    assert Image.open(io.BytesIO(buf.getvalue())).n_frames == 2
+    np.testing.assert_array_equal(preprocess(buf.getvalue()), preprocess(encode(digit, "GIF")))
+
+
 def noise_png(size: int = 64) -> bytes:
     return encode(Image.fromarray(np.random.default_rng(0).integers(0, 255, (size, size), dtype=np.uint8)))
 
@@ -72,6 +80,7 @@ def noise_png(size: int = 64) -> bytes:
     (b"hello, not an image", "not an image"),
     (noise_png()[:2000], "truncated"),
     (encode(Image.new("L", (8, 8)), "TIFF"), "not an image"),  # a real image, in a format we do not take
+    (b"BM" + bytes(60), "header is malformed"),  # fuzz/findings/image/: an OSError from Pillow's BMP header
 ])
 def test_bad_uploads(data, fragment):
     with pytest.raises(InvalidInput, match=fragment):

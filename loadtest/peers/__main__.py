@@ -148,7 +148,7 @@ class Peer:
         module = "loadtest.reference" if self.name == "reference" else f"loadtest.peers.{self.name}_peer"
         env = {"LD_LIBRARY_PATH": libpython_dir(python)} if self.name == "pytriton" else {}
         return [python, "-m", module, "--model", str(int8_file(model)), "--port", str(port),
-                "--grpc-port", str(grpc_port), "--threads", str(threads)], env
+                *(["--grpc-port", str(grpc_port)] if self.grpc else []), "--threads", str(threads)], env
 
 
 def libpython_dir(python: str) -> str:

@@ -1,0 +1,49 @@
+"""The parsers' fuzz targets (fuzz/): each runs briefly under atheris from its seeds, every input a fuzzer ever
+found is replayed as a test, and a target does fail on an error that is not the service's own."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fuzz.__main__ import FINDINGS, TARGET_NAMES
+from fuzz.targets import TARGETS, answered_or_refused
+from serving.errors import InvalidInput, TooLarge
+
+ROOT = Path(__file__).resolve().parents[1]
+BRIEF_RUNS = 200
+
+
+def test_every_target_has_a_name_the_command_takes():
+    assert sorted(TARGETS) == sorted(TARGET_NAMES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", TARGET_NAMES)
+def test_each_target_runs_briefly_without_a_finding(tmp_path, target):
+    done = subprocess.run([sys.executable, "-m", "fuzz", target, "--runs", str(BRIEF_RUNS), "--corpus", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"Done {BRIEF_RUNS} runs" in done.stderr
+    assert any(p.name.startswith("seed-") for p in tmp_path.iterdir())
+
+
+FOUND = sorted(p for p in FINDINGS.glob("*/*") if p.is_file() and p.name != ".gitkeep")
+
+
+@pytest.mark.parametrize("path", FOUND, ids=[f"{p.parent.name}/{p.name}" for p in FOUND])
+def test_every_input_a_fuzzer_found_is_answered_or_refused(path):
+    TARGETS[path.parent.name](path.read_bytes())
+
+
+def test_the_services_own_errors_are_refusals_and_anything_else_is_a_finding():
+    def refuse():
+        raise TooLarge("over the limit")
+
+    answered_or_refused(refuse)
+    answered_or_refused(lambda: InvalidInput)  # an answer
+    with pytest.raises(AttributeError):
+        answered_or_refused(lambda: [].get("images"))
