@@ -245,7 +245,7 @@ def measure_fresh_clone() -> tuple[str, str]:
             done = subprocess.run(command, shell=True, cwd=clone, capture_output=True, text=True, timeout=3600)
             seconds = time.perf_counter() - started
             summary = [line for line in done.stdout.splitlines() if line.startswith("=") and " in " in line]
-            lines.append(f"$ {command}   # exit {done.returncode}, {seconds / 60:.0f} min {seconds % 60:.0f} s\n"
+            lines.append(f"$ {command}   # exit {done.returncode}, {seconds // 60:.0f} min {seconds % 60:.0f} s\n"
                          f"{summary[-1] if summary else done.stdout[-500:]}\n")
     return "git clone of HEAD into a temporary folder, then .ci/run and make test-quick there, timed", "".join(lines)
 
@@ -263,6 +263,28 @@ def measure_peers_again() -> tuple[str, str]:
     return measure_peers("runs/docs-peers-2")
 
 
+def measure_peers_fresh_clone() -> tuple[str, str]:
+    """`make peers` from a fresh clone of HEAD as a new user runs it: the project's venv and the peers' two venvs
+    installed (each step timed), then a short run of every peer (2 s per body, no warm-up: the table, not a
+    ranking; the ranking is the two full runs')."""
+    import tempfile
+
+    steps = ("make setup", "make peers-setup", "make peers PEERS_ARGS='--seconds 2 --warmup 0 --out runs/peers'")
+    with tempfile.TemporaryDirectory() as folder:
+        clone = Path(folder) / "capsnet"
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+        text = ""
+        for command in steps:
+            started = time.perf_counter()
+            done = subprocess.run(command, shell=True, cwd=clone, capture_output=True, text=True, timeout=3600)
+            seconds = time.perf_counter() - started
+            if done.returncode != 0:
+                raise RuntimeError(f"{command}: exit {done.returncode}\n{done.stderr[-2000:]}")
+            text += f"- `{command}`: {seconds // 60:.0f} min {seconds % 60:.0f} s\n"
+        text += "\n" + (clone / "runs" / "peers" / "peers.md").read_text()
+    return "git clone of HEAD into a temporary folder, then " + "; ".join(steps) + ", each timed", text
+
+
 def measure_slowclients() -> tuple[str, str]:
     command = ".venv/bin/python -m loadtest.slowclients --out runs/docs-slowclients"
     return command, run(command)
@@ -274,7 +296,7 @@ MEASURES: dict[str, Callable[[], tuple[str, str]]] = {
     "runtimes": measure_runtimes,
     "training": measure_training, "examples": measure_examples, "loadtest": measure_loadtest, "pinned": measure_pinned,
     "replicas": measure_replicas, "replicas-again": measure_replicas_again, "slowclients": measure_slowclients,
-    "peers": measure_peers, "peers-again": measure_peers_again,
+    "peers": measure_peers, "peers-again": measure_peers_again, "peers-fresh-clone": measure_peers_fresh_clone,
     "container": measure_container, "container-gpu": measure_container_gpu, "own-model": measure_own_model, "fresh-clone": measure_fresh_clone}
 
 

@@ -28,7 +28,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 
-from serving.framework import any_method, cors, static_file
+from serving.framework import GONE, any_method, cors, static_file
 from serving.access import CHALLENGE, refusal
 from serving.errors import JSON_TYPE, NotAllowed, answered, error_message, error_response
 from serving.lifecycle import Drain
@@ -198,38 +198,27 @@ async def refuse_too_large(receive: Receive, send: Send, max_bytes: int, read: i
     await reply(send, 413, f"request body over {max_bytes:,} bytes")
 
 
-async def answer_unless_gone(app: Callable, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
-    """app's answer to a request whose body is read. One task listens to the connection meanwhile: if the client
-    leaves before the answer starts, the route is cancelled, and a request still waiting for its batch leaves the
-    queue without running (serving/batching.py); once the answer has started, it is left to finish. The route
-    reads the body it was sent, then hears of the disconnect from that task, the connection's one reader."""
-    gone = anyio.Event()
-    started = given = False
+def replayed(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives the already-read body first, then whatever the connection says next."""
+    given = False
 
     async def replay() -> dict[str, Any]:
         nonlocal given
         if not given:
             given = True
             return {"type": "http.request", "body": body, "more_body": False}
-        await gone.wait()
-        return {"type": "http.disconnect"}
+        return await receive()
 
-    async def send_tracked(message: dict[str, Any]) -> None:
-        nonlocal started
-        started = True
-        await send(message)
+    return replay
 
-    async with anyio.create_task_group() as group:
-        async def listen() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass  # nothing else comes after a whole body; a disconnect is also what follows the answer
-            gone.set()
-            if not started:
-                group.cancel_scope.cancel()
 
-        group.start_soon(listen)
-        await app(scope, replay, send_tracked)
-        group.cancel_scope.cancel()
+async def answer_unless_gone(app: Callable, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+    """app's answer to a request whose body is read, cancelled if its client leaves before the answer starts (the
+    protocol calls the cancel that the scope holds: serving/framework.py, GONE); a request still waiting for its
+    batch then leaves the queue without running (serving/batching.py). An answer already started is finished."""
+    with anyio.CancelScope() as cancel:
+        scope[GONE] = cancel.cancel
+        await app(scope, replayed(body, receive), send)
 
 
 def closing(send: Send) -> Send:

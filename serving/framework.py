@@ -9,7 +9,10 @@ fails loudly instead of quietly serving without a patch.
      - a request must arrive whole, header and body, within `read_timeout` seconds (CAPSNET_READ_TIMEOUT) of
        the connection's start or of the previous answer on it; otherwise a 408 (if it sent anything) and the
        connection is closed. A request that has arrived whole may take as long as it needs;
-     - a worker holds at most `max_connections` open connections (CAPSNET_MAX_CONNECTIONS); one more is closed.
+     - a worker holds at most `max_connections` open connections (CAPSNET_MAX_CONNECTIONS); one more is closed;
+     - a client that leaves before its answer starts: uvicorn marks the request disconnected and lets the app
+       run on; the protocol calls what the request's ASGI scope holds under GONE (serving/app.py puts its cancel
+       scope's `cancel` there), so that a request still waiting for its batch is dropped.
    BentoML builds uvicorn's config itself and passes no protocol class, so `guard_connections` points
    uvicorn's "auto" entry of `uvicorn.config.HTTP_PROTOCOLS` at it, at the service's import.
 2. SIGTERM (uvicorn's Server). uvicorn's own handler stops taking connections at once; the drain
@@ -53,6 +56,7 @@ CLIENT_ERROR_LINES = 10  # a client's refused requests logged per window, one li
 CLIENT_ERROR_WINDOW_S = 10.0  # ... then one line saying how many more there were
 RESPAWN_CHECK_S = 0.5  # how often the process manager restarts dead workers (BentoML's default: 10 s)
 
+GONE = "capsnet.gone"  # an ASGI scope key: what to call when the request's client leaves before its answer starts
 _BODY = error_message("the request did not arrive in time")
 TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
              b"content-length: %d\r\n\r\n%s" % (len(_BODY), _BODY))
@@ -82,7 +86,10 @@ class GuardedHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        cycle = self.cycle
         super().connection_lost(exc)
+        if cycle is not None and not cycle.response_started and (gone := cycle.scope.get(GONE)) is not None:
+            gone()
 
     def _arm(self) -> None:
         """Start the clock for the next request: it must be whole before read_timeout."""
@@ -285,6 +292,12 @@ def problems() -> list[str]:
     for attribute in ("self.connections", "self.cycle", "self.loop", "self.transport"):
         if attribute not in init:
             found.append(f"uvicorn's HTTP protocol sets no {attribute} in __init__")
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    cycle = inspect.getsource(RequestResponseCycle.__init__)
+    for attribute in ("self.scope", "self.response_started"):
+        if attribute not in cycle:
+            found.append(f"uvicorn's RequestResponseCycle sets no {attribute} in __init__ (GONE needs it)")
     server = Server(uvicorn_config.Config(app=None))
     if not (hasattr(server, "should_exit") and hasattr(server, "force_exit")
             and getattr(Server.handle_exit, "__name__", "") == "handle_exit"):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("timing", "mnist", "training", "export", "serving", "loadtest", "experiments")
+PACKAGES = ("timing", "mnist", "training", "export", "serving", "loadtest", "experiments", "fuzz")
 # package -> top-level modules it must not import, anywhere in its files (inside functions too)
 FORBIDDEN = {
     "timing": {"torch", "mnist", "training", "export", "serving", "loadtest", "experiments"},  # used by all
@@ -23,6 +23,7 @@ FORBIDDEN = {
     "serving": {"torch", "torchvision", "training", "export", "loadtest", "mnist", "experiments", "timing"},
     "loadtest": {"torch", "torchvision", "training", "export", "experiments"},
     "experiments": {"serving"},  # it reaches the service the way a user does: a process and HTTP
+    "fuzz": {"torch", "torchvision", "training", "export", "loadtest", "experiments"},  # serving's parsers only
 }
 # torchvision is mnist's last-resort download, imported inside that one function only
 ALLOWED_IN_FUNCTION = {"mnist": {"torchvision"}}
