@@ -18,7 +18,8 @@ fails loudly instead of quietly serving without a patch.
 2. SIGTERM (uvicorn's Server). uvicorn's own handler stops taking connections at once; the drain
    (serving/lifecycle.py) must answer a while first. `take_sigterm` finds uvicorn's Server through the handler
    it installed (`Server.handle_exit`, a bound method) and puts ours in its place; `UvicornServer` then stops
-   it as its own handler would (`should_exit`, then `force_exit`).
+   it as its own handler would (`should_exit`, then `force_exit`). Its `config` also tells the gRPC port
+   (serving/v2_grpc.py) which certificate the HTTPS port serves (`UvicornServer.tls`).
 3. Restarts (BentoML's circus arbiter). BentoML builds its arbiter with `check_delay=10` and offers no setting,
    so a dead worker waited up to 10 s for its replacement. `quick_respawn` swaps the arbiter class its
    factory looks up by name for one that checks every RESPAWN_CHECK_S.
@@ -139,6 +140,14 @@ class UvicornServer:
     def force(self) -> None:
         self._server.force_exit = True
 
+    @property
+    def tls(self) -> tuple[str, str] | None:
+        """The certificate and key files this worker's HTTPS uses (`bentoml serve --ssl-certfile --ssl-keyfile`,
+        which BentoML hands to uvicorn's Config), for the gRPC port to serve the same; None over plain HTTP."""
+        config = getattr(self._server, "config", None)
+        cert, key = getattr(config, "ssl_certfile", None), getattr(config, "ssl_keyfile", None)
+        return (str(cert), str(key)) if cert and key else None
+
 
 def take_sigterm(handler: Callable[[int, Any], None]) -> UvicornServer | None:
     """Put handler in place of uvicorn's SIGTERM handler in this worker (call it from the main thread); None, and
@@ -222,8 +231,13 @@ class RateLimitedLog:
     def __init__(self, log: logging.Logger, lines: int = CLIENT_ERROR_LINES, window: float = CLIENT_ERROR_WINDOW_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.log, self.lines, self.window, self.clock = log, lines, window, clock
-        self.started, self.count, self.left_out = clock(), 0, 0
         self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        """A new window from now, nothing counted."""
+        with self.lock:
+            self.started, self.count, self.left_out = self.clock(), 0, 0
 
     def __call__(self, message: str) -> None:
         with self.lock:
@@ -271,6 +285,7 @@ def quiet_client_errors(log: logging.Logger) -> bool:
             limited(f"refused {request.method} {request.url.path}: {reason}")
 
     log_exception.capsnet_quiet = True  # type: ignore[attr-defined]
+    log_exception.limited = limited  # type: ignore[attr-defined]
     bentoml_app.log_exception = log_exception
     return True
 

@@ -44,6 +44,11 @@ class Drain:
         self._server, self._loop = server, asyncio.get_running_loop()
         return True
 
+    @property
+    def tls(self) -> tuple[str, str] | None:
+        """The HTTPS certificate and key of this worker's uvicorn, when it serves TLS (framework.UvicornServer)."""
+        return self._server.tls if self._server is not None else None
+
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         assert self._loop is not None
         if self.draining:  # a second SIGTERM: stop taking connections now

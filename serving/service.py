@@ -93,7 +93,7 @@ class CapsNet:
         if SETTINGS.grpc_port:  # the same protocol over gRPC, in this worker's event loop (serving/v2_grpc.py)
             self.grpc = grpc_server(GrpcInference(v2, ready=lambda: not DRAIN.draining, token=SETTINGS.api_token),
                                     SETTINGS.grpc_port,
-                                    SETTINGS.grpc_host, share_port=SETTINGS.workers > 1)
+                                    SETTINGS.grpc_host, share_port=SETTINGS.workers > 1, tls=DRAIN.tls)
             asyncio.get_running_loop().create_task(self.grpc.start())
             DRAIN.on_stop.append(lambda: self.grpc.stop(SETTINGS.drain_timeout))
 

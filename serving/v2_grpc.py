@@ -18,6 +18,7 @@ refuses before it reaches us), UNAVAILABLE (503, and every call while the worker
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Any, Callable
 
 import grpc
@@ -138,9 +139,11 @@ def handler(method: Callable, request_type: Any, response_type: Any, token: str 
                                                response_serializer=response_type.SerializeToString)
 
 
-def grpc_server(service: GrpcInference, port: int, host: str = "0.0.0.0", share_port: bool = False) -> grpc.aio.Server:
+def grpc_server(service: GrpcInference, port: int, host: str = "0.0.0.0", share_port: bool = False,
+                tls: tuple[str, str] | None = None) -> grpc.aio.Server:
     """The gRPC server of one worker, bound (not started): messages up to the HTTP body limit; with share_port, the
-    port is shared with the service's other workers (SO_REUSEPORT: the kernel spreads connections over them)."""
+    port is shared with the service's other workers (SO_REUSEPORT: the kernel spreads connections over them); with
+    tls (certificate and key files: the ones HTTPS serves), TLS only."""
     handlers = {name: handler(getattr(service, name), MESSAGES[request], MESSAGES[response],
                               "" if name in OPEN_GRPC else service.token)
                 for name, (request, response) in METHODS.items()}
@@ -149,7 +152,11 @@ def grpc_server(service: GrpcInference, port: int, host: str = "0.0.0.0", share_
                                       ("grpc.so_reuseport", int(share_port))])
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        if tls:
+            cert, key = (Path(path).read_bytes() for path in tls)
+            bound = server.add_secure_port(f"{host}:{port}", grpc.ssl_server_credentials([(key, cert)]))
+        else:
+            bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError:  # grpcio raises where older versions returned 0
         bound = 0
     if bound == 0:

@@ -79,7 +79,8 @@ def test_without_a_token_or_origins_nothing_changes(client):
 @pytest.mark.slow
 def test_tls_with_bentomls_own_certificate_settings_to_a_verifying_client(tmp_path, served_onnx):
     """`bentoml serve --ssl-certfile --ssl-keyfile` (docs/serving.md, "Access"): a client that verifies the
-    certificate gets the answer over HTTPS; one that does not trust it is refused by its own check."""
+    certificate gets the answer over HTTPS, and over gRPC, which serves the same certificate; one that does not
+    trust it is refused by its own check, and a plaintext gRPC client gets no answer."""
     import shutil
     import subprocess
     import time
@@ -94,10 +95,10 @@ def test_tls_with_bentomls_own_certificate_settings_to_a_verifying_client(tmp_pa
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     log = open(tmp_path / "serve.log", "w+")
     proc = start([*bentoml_serve(port), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)],
-                 {**SERVICE_ENV, "CAPSNET_MODEL": str(served_onnx)}, log)
+                 {**SERVICE_ENV, "CAPSNET_MODEL": str(served_onnx), "CAPSNET_GRPC_PORT": str(grpc_port)}, log)
     try:
         url, answer = f"https://127.0.0.1:{port}", None
         deadline = time.monotonic() + 120
@@ -110,6 +111,18 @@ def test_tls_with_bentomls_own_certificate_settings_to_a_verifying_client(tmp_pa
         assert len(answer.json()["lengths"][0]) == 10
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
             httpx.get(url + "/readyz", timeout=10)  # the system's trust store does not hold it
+
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        target = f"127.0.0.1:{grpc_port}"
+        with grpcclient.InferenceServerClient(target, ssl=True, root_certificates=str(cert)) as client:
+            tensor = grpcclient.InferInput("image", [1, 1, 28, 28], "FP32")
+            tensor.set_data_from_numpy(np.asarray(IMAGE["images"], np.float32).reshape(1, 1, 28, 28))
+            lengths = client.infer("capsnet", [tensor]).as_numpy("lengths")
+            np.testing.assert_allclose(lengths, answer.json()["lengths"], atol=1e-6)
+        with grpcclient.InferenceServerClient(target) as plain, pytest.raises(InferenceServerException):
+            plain.is_server_live(client_timeout=10)
     finally:
         stop_tree(proc)
         log.close()
