@@ -171,11 +171,14 @@ experiments: setup
 	$(PY) -m training.evaluate --out docs/experiments
 
 # Each parser of the service fuzzed for FUZZ_SECONDS by atheris (python -m fuzz --help); a finding stops the run
-# and is kept in fuzz/findings/TARGET/, which every later run and tests/test_fuzz.py replay.
+# and is kept in fuzz/findings/TARGET/, which every later run and tests/test_fuzz.py replay. Then every route of a
+# real service fuzzed from outside for FUZZ_OUTSIDE_SECONDS (python -m fuzz.outside --help).
 FUZZ_SECONDS ?= 1800
 FUZZ_TARGETS ?= octets json v2-json v2-binary grpc multipart image
+FUZZ_OUTSIDE_SECONDS ?= 180
 fuzz: setup
 	@for t in $(FUZZ_TARGETS); do $(PY) -m fuzz $$t --seconds $(FUZZ_SECONDS) || exit 1; done
+	$(PY) -m fuzz.outside --seconds $(FUZZ_OUTSIDE_SECONDS)
 
 # The whole suite, with its 15 slowest tests listed at the end.
 # the tests run the peers' quick mode with PyTriton (tests/test_peers.py)

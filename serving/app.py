@@ -246,8 +246,13 @@ class Front:
         self.handle = cors(self.guarded, cors_origins) if cors_origins else self.guarded
 
     async def bentoml(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A request no route of ours answers, on to BentoML's app as it came (without our router in its scope)."""
+        """A request no route of ours answers, on to BentoML's app as it came (without our router in its scope).
+        BentoML's APIs here (/reconstruct, /explain, /metadata) take JSON; a multipart form is refused first, since
+        BentoML answers a malformed one with a 500 and a traceback (found by fuzz/outside.py)."""
         scope.pop("router", None)
+        content_type = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
+        if scope["method"] == "POST" and media_type(content_type) == "multipart/form-data":
+            return await reply(send, 400, f"{scope['path']} takes a JSON body (application/json), not a multipart form")
         await self.app(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

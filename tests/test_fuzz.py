@@ -47,3 +47,11 @@ def test_the_services_own_errors_are_refusals_and_anything_else_is_a_finding():
     answered_or_refused(lambda: InvalidInput)  # an answer
     with pytest.raises(AttributeError):
         answered_or_refused(lambda: [].get("images"))
+
+
+@pytest.mark.slow
+def test_a_short_black_box_fuzz_of_every_route_finds_no_5xx_hang_or_traceback(tmp_path):
+    """fuzz/outside.py against a real `bentoml serve` for a few seconds (make fuzz runs it for 3 minutes)."""
+    from fuzz import outside
+
+    assert outside.main(["--seconds", "8", "--threads", "4", "--log", str(tmp_path / "service.log")]) == 0

@@ -95,6 +95,12 @@ CASES = [
     ("chunked body over the limit", "/classify", {"content": Chunked(17), "headers": JSON}, 413, "bytes"),
     ("upload over 10 MiB", "/classify_image", {"files": {"image": ("big.png", b"\x89PNG" + bytes(11 * 2**20),
                                                                     "image/png")}}, 413, "at most 10,485,760"),
+    # a form to BentoML's JSON APIs: BentoML answered a malformed one with a 500 and a traceback (fuzz/outside.py)
+    ("a malformed form to /reconstruct", "/reconstruct", {"content": b"--fuzzb\xff\xfeoundary\r\n", "headers": {
+        "Content-Type": "multipart/form-data; boundary=fuzzboundary"}}, 400, "takes a JSON body"),
+    ("a form to /explain", "/explain", {"files": {"image": ("x.png", NOISE_PNG, "image/png")}}, 400, "takes a JSON body"),
+    ("a malformed form to /metadata", "/metadata", {"content": b"--fuzz\"", "headers": {
+        "Content-Type": "multipart/form-data; boundary=fuzzboundary"}}, 400, "takes a JSON body"),
     ("reconstruct bad shape", "/reconstruct", {"json": {"images": [[1, 2]]}}, 400, "28x28"),
     ("not an image", "/classify_image", {"files": {"image": ("x.png", b"hello, world", "image/png")}}, 400,
      "not an image"),
