@@ -174,6 +174,9 @@ class Rewritten:
 
 # The layer
 
+CLIENT_CLOSED = 499  # the status of a request whose client left first (nginx's)
+
+
 async def reply(send: Send, status: int, error: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = error_message(error)
     await send({"type": "http.response.start", "status": status,
@@ -215,10 +218,15 @@ def replayed(body: bytes, receive: Receive) -> Receive:
 async def answer_unless_gone(app: Callable, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
     """app's answer to a request whose body is read, cancelled if its client leaves before the answer starts (the
     protocol calls the cancel that the scope holds: serving/framework.py, GONE); a request still waiting for its
-    batch then leaves the queue without running (serving/batching.py). An answer already started is finished."""
+    batch then leaves the queue without running (serving/batching.py). An answer already started is finished.
+    A cancelled request is still answered, 499 (as nginx names a client that closed first), which uvicorn drops
+    for a gone client: BentoML's layers above wait for a request's first message (its timeout middleware, until
+    the traffic timeout) and count its status in /metrics."""
     with anyio.CancelScope() as cancel:
         scope[GONE] = cancel.cancel
         await app(scope, replayed(body, receive), send)
+    if cancel.cancelled_caught:
+        await reply(send, CLIENT_CLOSED, "the client closed the connection before the answer")
 
 
 def closing(send: Send) -> Send:

@@ -48,10 +48,11 @@ def send(host: str, port: int, body: bytes, stay: bool) -> None:
             assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
 
 
-def test_a_thousand_clients_that_leave_are_dropped_and_leave_nothing_behind(digits):
+def test_a_thousand_clients_that_leave_are_dropped_and_leave_nothing_behind(digits, tmp_path):
     images = digits[0]
     env = {**SERVICE_ENV, "CAPSNET_WORKERS": "1"}
-    with running_service(env=env) as service:
+    log = tmp_path / "service.log"
+    with running_service(env=env, log=log) as service:
         host, port = service.url.removeprefix("http://").split(":")
         (worker,) = psutil.Process(service.pid).children()
         blocker = np.resize(images, (BLOCKER_DIGITS, 28, 28)).astype("<f4").tobytes()
@@ -75,7 +76,7 @@ def test_a_thousand_clients_that_leave_are_dropped_and_leave_nothing_behind(digi
                     list(pool.map(lambda _: send(host, int(port), leaving, stay), range(LEAVING)))
                     assert [b.result() for b in blockers] == [200] * BLOCKERS
 
-        rounds(2, stay=True)  # the same traffic with clients that stay, first: the worker's memory at its working size
+        rounds(1, stay=True)  # the same traffic with clients that stay, first: the worker's memory at its working size
         before, ran_before = settled(), scrape(service.url)
         rounds(ROUNDS, stay=False)
         ran = scrape(service.url)["capsnet_batch_images_sum"] - ran_before["capsnet_batch_images_sum"]
@@ -86,3 +87,7 @@ def test_a_thousand_clients_that_leave_are_dropped_and_leave_nothing_behind(digi
         assert leaving_ran <= 0.1 * ROUNDS * LEAVING * DIGITS  # at least 90% dropped before running
         assert after["fds"] <= before["fds"] + 2 and after["threads"] <= before["threads"]
         assert after["rss_mb"] <= 1.05 * before["rss_mb"]
+    # a cancelled request is no error, and none is still running when the service stops (BentoML's layers above the
+    # route wait for its first message: serving/app.py answers it 499, which uvicorn drops for a gone client)
+    text = log.read_text()
+    assert "Traceback" not in text and "ERROR" not in text and "still running" not in text
