@@ -48,10 +48,20 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+_GIVEN: set[int] = set()  # the ports free_port has handed out in this process
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    """A loopback port no one listens on now, and not one handed out before by this process: the kernel may give
+    the same free port to two calls in a row (a service's HTTP and gRPC ports were once the same, and it could not
+    start)."""
+    while True:
+        with socket.socket() as s:
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def wait_ready(url: str, timeout: float, proc: subprocess.Popen | None = None, interval: float = 0.05,

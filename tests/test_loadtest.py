@@ -132,3 +132,28 @@ def test_the_locustfile_runs_from_the_web_ui(service_url):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_free_ports_are_never_handed_out_twice(monkeypatch):
+    """A service's HTTP and gRPC ports come from two calls in a row, and the kernel may give the same free port to
+    both (it once did: the service could not bind its gRPC port). Here a kernel that does so, every time."""
+    from loadtest import server
+
+    given = iter([41001, 41001, 41001, 41002])
+
+    class Socket:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def bind(self, address):
+            self.port = next(given)
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(server.socket, "socket", Socket)
+    monkeypatch.setattr(server, "_GIVEN", set())
+    assert [server.free_port(), server.free_port()] == [41001, 41002]
