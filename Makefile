@@ -23,14 +23,14 @@ TRAIN_ARGS ?= $(QUICK_TRAIN_ARGS)
 EXPORT_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup serve-setup publish web tools replicas peers peers-setup fuzz data train export serve loadtest loadtest-pinned build container container-gpu container-gpu-check container-run bench experiments docs-numbers gpu-stage \
+.PHONY: setup serve-setup publish web tools replicas peers soak peers-setup fuzz data train export serve loadtest loadtest-pinned build container container-gpu container-gpu-check container-run bench experiments docs-numbers gpu-stage \
         test test-quick clean help
 help:
 	@echo "make serve      a venv with the serving packages, then serve CAPSNET_MODEL (the published model) on $(HOST):$(PORT)"
 	@echo "make test       run the test suite (make test-quick: the in-process part, for the inner loop)"
 	@echo "make train      train RUN ($(RUN)); make export: export it into $(dir $(EXPORTED)), then CAPSNET_MODEL=$(dir $(EXPORTED)) for every stage"
 	@echo "make container  the CPU image of CAPSNET_MODEL (Docker, else buildah), then make container-run serves it on $(HOST):$(PORT)"
-	@echo "make setup | data | loadtest | replicas | peers | build | container-gpu | bench | experiments | publish | clean"
+	@echo "make setup | data | loadtest | replicas | peers | soak | build | container-gpu | bench | experiments | publish | clean"
 
 # Two sets of packages in one venv: serving only (ONNX Runtime, BentoML, numpy, Pillow: what make serve,
 # build and container need with the published ONNX files), or everything (PyTorch, Locust, the tests).
@@ -121,6 +121,12 @@ peers: | setup peers-setup
 REPLICAS_ARGS ?=
 replicas: | setup
 	$(PY) -m loadtest.replicas --model $(CAPSNET_MODEL) $(REPLICAS_ARGS)
+
+# An hour of mixed traffic at 70% of its measured peak, watched for growth (python -m loadtest.soak --help;
+# SOAK_ARGS="--minutes 10" for a shorter one).
+SOAK_ARGS ?=
+soak: | setup
+	$(PY) -m loadtest.soak --model $(CAPSNET_MODEL) $(SOAK_ARGS)
 
 loadtest: | setup
 	$(PY) -m loadtest --model $(CAPSNET_MODEL) $(LOADTEST_ARGS)

@@ -290,12 +290,22 @@ def measure_slowclients() -> tuple[str, str]:
     return command, run(command)
 
 
+def measure_soak() -> tuple[str, str]:
+    """An hour of the mixed load at 70% of its peak (BENCHMARKS.md), its plot kept beside the page."""
+    import shutil
+
+    command = ".venv/bin/python -m loadtest.soak --minutes 60 --out runs/docs-soak"
+    text = run(command)
+    shutil.copy(ROOT / "runs" / "docs-soak" / "soak.png", ROOT / "docs" / "benchmarks" / "soak.png")
+    return command, text[text.index("peak of the mix"):]
+
+
 # In the order they run: the export first (it re-makes the published files), then what is measured on them.
 MEASURES: dict[str, Callable[[], tuple[str, str]]] = {
     "export": measure_export, "int8-range": measure_int8_range, "int8-avx2": measure_int8_avx2,
     "runtimes": measure_runtimes,
     "training": measure_training, "examples": measure_examples, "loadtest": measure_loadtest, "pinned": measure_pinned,
-    "replicas": measure_replicas, "replicas-again": measure_replicas_again, "slowclients": measure_slowclients,
+    "replicas": measure_replicas, "replicas-again": measure_replicas_again, "slowclients": measure_slowclients, "soak": measure_soak,
     "peers": measure_peers, "peers-again": measure_peers_again, "peers-fresh-clone": measure_peers_fresh_clone,
     "container": measure_container, "container-gpu": measure_container_gpu, "own-model": measure_own_model, "fresh-clone": measure_fresh_clone}
 

@@ -37,7 +37,7 @@ TIMER_SLACK_S = 0.02  # how early an event loop's timer may fire as a test count
 # export a model, or read all 10,000 test digits: `make test-quick` (-m "not slow") leaves them out.
 SLOW_MODULES = {"test_e2e", "test_disconnect", "test_replicas", "test_peers", "test_tritonclient", "test_startup", "test_overload", "test_loadtest", "test_pinned", "test_ui",
                 "test_container", "test_runtimes", "test_gpu_script", "test_train", "test_export",
-                "test_published", "test_evaluate", "test_bench", "test_sizes"}
+                "test_published", "test_evaluate", "test_bench", "test_sizes", "test_soak"}
 
 
 def pytest_collection_modifyitems(config, items):
