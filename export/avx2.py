@@ -4,8 +4,9 @@ ONNX Runtime picks its int8 kernels by what the CPU says it has (CPUID): with VN
 summed in 32 bits; with AVX2 only, pairs of them are first added in 16 bits, which can saturate. An int8 file may
 therefore mean one thing on one CPU and another elsewhere. To see the AVX2 kernels' answers on a CPU that has
 VNNI, the same Python runs here under QEMU's user-mode emulator of an AMD EPYC Rome (AVX2, no AVX-512, no VNNI),
-whose CPUID ONNX Runtime reads. Slow (about 8 images/s on 2 cores: a few dozen digits in a test), but it runs
-the very kernels an AVX2-only CPU runs: the published full-range int8 file's lengths move by 6.22e-3 under it,
+whose CPUID ONNX Runtime reads; on a CPU that is itself AVX2-only, its own kernels are those, and nothing is
+emulated. Slow (about 8 images/s on 2 cores: a few dozen digits in a test), but it runs the very kernels an
+AVX2-only CPU runs: the published full-range int8 file's lengths move by 6.22e-3 under it,
 as measured on a real AMD EPYC with AVX2 only (docs/export.md).
 
     python -m export.avx2 ONNX IMAGES.npy LENGTHS.npy     (what the emulated process runs)
@@ -31,8 +32,30 @@ def emulator() -> str | None:
     return shutil.which(QEMU)
 
 
+def native_avx2() -> bool:
+    """Whether this CPU is itself x86-64 with AVX2 and none of AVX-512, VNNI or AMX (the CI VM's AMD EPYC): ONNX
+    Runtime runs the AVX2-only kernels here, and nothing needs emulating."""
+    import platform
+
+    from timing import cpu
+
+    return platform.machine() == "x86_64" and cpu()["instruction_sets"] == ["AVX2"]
+
+
+def lengths_here(onnx_path: Path | str, images: np.ndarray) -> np.ndarray:
+    """The graph's `lengths` on images by ONNX Runtime's CPU kernels for this CPU, 64 images per run."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(["lengths"], {name: images[i:i + 64]})[0] for i in range(0, len(images), 64)])
+
+
 def lengths_without_vnni(onnx_path: Path | str, images: np.ndarray, timeout: float = 1800) -> np.ndarray:
-    """The graph's `lengths` on images (N, 1, S, S) by ONNX Runtime's CPU kernels for AVX2 without VNNI."""
+    """The graph's `lengths` on images (N, 1, S, S) by ONNX Runtime's CPU kernels for AVX2 without VNNI: this CPU's
+    own where it is such a CPU, else under QEMU."""
+    if native_avx2():
+        return lengths_here(onnx_path, np.ascontiguousarray(images, dtype=np.float32))
     qemu = emulator()
     if qemu is None:
         raise RuntimeError(f"{QEMU} is not installed (Debian's qemu-user; make setup installs it)")
@@ -48,15 +71,5 @@ def lengths_without_vnni(onnx_path: Path | str, images: np.ndarray, timeout: flo
 
 
 def main(argv: list[str]) -> None:
-    import onnxruntime as ort
-
     onnx_path, inputs, outputs = argv
-    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-    images = np.load(inputs)
-    name = session.get_inputs()[0].name
-    np.save(outputs, np.concatenate([session.run(["lengths"], {name: images[i:i + 64]})[0]
-                                     for i in range(0, len(images), 64)]))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+    np.save(outputs, lengths_here(onnx_path, np.load(inputs)))

@@ -1,7 +1,7 @@
 """The published int8 file on an AVX2-only CPU's kernels, on every test digit: its accuracy there against the
 figure its card states, how far its lengths are from this CPU's kernels' and, on the first digits, from the graph's
 meaning by onnx.reference (QEMU's emulator of an AMD EPYC Rome, export/avx2.py; slow: the 10,000 digits take
-over half an hour on 2 cores).
+over half an hour on 2 cores; seconds on a CPU that is itself AVX2-only, whose own kernels are those).
 
     python scripts/int8_avx2.py [--model models/capsnet-mnist-int8.onnx] [--digits 10000] [--reference-digits 100]
 """
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from export.artifact import cpu_session, ort_outputs, reference_lengths  # noqa: E402
-from export.avx2 import EMULATED_CPU, lengths_without_vnni  # noqa: E402
+from export.avx2 import EMULATED_CPU, lengths_without_vnni, native_avx2  # noqa: E402
 from export.onnx_export import on_canvas  # noqa: E402
 from mnist import DEFAULT_ROOT, read_split  # noqa: E402
 from timing import describe_cpu  # noqa: E402
@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     emulated = lengths_without_vnni(args.model, images)
     stated = json.loads(session.get_modelmeta().custom_metadata_map.get("test_accuracy_ort", "null"))
     accuracy = float(np.mean(emulated.argmax(1) == labels))
-    print(f"{args.model.name} on {len(images):,} test digits; this CPU: {describe_cpu()}; emulated: {EMULATED_CPU} "
-          f"(AVX2, no AVX-512, no VNNI)")
+    kernels = ("its own kernels are the AVX2-only ones (nothing emulated)" if native_avx2() else
+               f"emulated: {EMULATED_CPU} (AVX2, no AVX-512, no VNNI)")
+    print(f"{args.model.name} on {len(images):,} test digits; this CPU: {describe_cpu()}; {kernels}")
     print(f"  this CPU's kernels:  accuracy {np.mean(here.argmax(1) == labels):.2%}")
     print(f"  AVX2-only kernels:   accuracy {accuracy:.2%}; max |d lengths| against this CPU's "
           f"{np.abs(emulated - here).max():.2e}, {int((emulated.argmax(1) != here.argmax(1)).sum())} labels differ")

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from export.artifact import INPUT, cpu_session, ort_accuracy, ort_outputs, reference_lengths  # noqa: E402
-from export.avx2 import emulator, lengths_without_vnni  # noqa: E402
+from export.avx2 import emulator, lengths_without_vnni, native_avx2  # noqa: E402
 from export.onnx_export import on_canvas  # noqa: E402
 from export.variants import CALIBRATION_DIGITS, INT8, Int8Recipe, make_int8  # noqa: E402
 from mnist import DEFAULT_ROOT, read_split  # noqa: E402
@@ -58,7 +58,7 @@ def measure(model: Path, data: Path, digits: int, emulated_digits: int, referenc
             few = images[:reference_digits]
             row["max_abs_diff_against_graph"] = float(np.abs(ort_outputs(session, few, len(few))["lengths"]
                                                              - reference_lengths(path, few)).max())
-            if emulator() and emulated_digits:
+            if (emulator() or native_avx2()) and emulated_digits:
                 here = ort_outputs(session, images[:emulated_digits], 64)["lengths"]
                 avx2 = lengths_without_vnni(path, images[:emulated_digits])
                 row.update(max_abs_diff_avx2=float(np.abs(here - avx2).max()),
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = p.parse_args(argv)
     rows = measure(args.model, args.data, args.digits, args.emulated_digits, args.reference_digits,
                    args.calibration_digits, args.seconds)
-    print(f"on {describe_cpu()}; the AVX2 kernels under QEMU on {args.emulated_digits} digits; the export's recipe: {INT8.name}")
+    where = "this CPU's own (it is AVX2-only)" if native_avx2() else "under QEMU"
+    print(f"on {describe_cpu()}; the AVX2 kernels {where} on {args.emulated_digits} digits; the export's recipe: {INT8.name}")
     for row in rows:
         exact = "computes the graph" if row["max_abs_diff_against_graph"] <= ROUNDING else "differs from the graph"
         avx2 = (f"AVX2 kernels: max |d lengths| {row['max_abs_diff_avx2']:.2e}, {row['labels_differ_avx2']} labels differ"

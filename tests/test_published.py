@@ -9,7 +9,7 @@ import pytest
 
 from export.artifact import VARIANTS, variant_path
 from export.card import card_path
-from export.avx2 import emulator, lengths_without_vnni
+from export.avx2 import emulator, lengths_without_vnni, native_avx2
 from export.onnx_export import report_path
 from mnist import read_split
 from serving.runtime import CapsNetRuntime
@@ -53,7 +53,8 @@ def test_the_served_onnx_file_has_the_accuracy_it_states(mnist_root):
     assert_card_row("int8", stated_accuracy("int8"))
 
 
-@pytest.mark.skipif(emulator() is None and not REQUIRE_TOOLS, reason="needs Debian's qemu-user (make setup)")
+@pytest.mark.skipif(emulator() is None and not native_avx2() and not REQUIRE_TOOLS,
+                    reason="needs Debian's qemu-user (make setup)")
 def test_the_served_int8_file_answers_the_same_on_a_cpu_without_vnni(mnist_root):
     """The published int8 file on this CPU's kernels and on an AVX2-only CPU's (QEMU's AMD EPYC Rome, export/avx2.py):
     the same lengths (0 measured on 256 digits by scripts/int8_range.py; the 8-bit file it replaced moved by 0.08)."""

@@ -12,12 +12,25 @@ def window(minute: int, rss: float, fds: int, threads: int) -> dict:
     return {"minute": minute, "processes": {"7": {"role": "worker", "rss_mb": rss, "fds": fds, "threads": threads}}}
 
 
+def series(rss: list[float], fds: list[int], threads: list[int]) -> list[dict]:
+    return [window(i + 1, *values) for i, values in enumerate(zip(rss, fds, threads))]
+
+
 def test_growth_is_measured_from_the_baseline_window_to_the_end():
     steady = [window(1, 300, 30, 10), window(2, 200, 30, 13), window(3, 209, 31, 13)]
-    assert growth(steady, 2, 0.05) == []  # 4.5% more memory, one descriptor on 30: within 5%
+    assert growth(steady, 2, 0.05, span=1) == []  # 4.5% more memory, one descriptor on 30: within 5%
     grown = [window(1, 200, 30, 13), window(2, 200, 30, 13), window(3, 211, 30, 14)]
-    assert growth(grown, 1, 0.05) == ["worker 7: rss_mb 200 -> 211 (+5.5%)", "worker 7: threads 13 -> 14 (+7.7%)"]
+    assert growth(grown, 1, 0.05, span=1) == ["worker 7: rss_mb 200 -> 211 (+5.5%)", "worker 7: threads 13 -> 14 (+7.7%)"]
     assert growth([window(1, 200, 30, 13), {"minute": 2, "processes": {}}], 1, 0.05) == ["worker 7 is gone"]
+
+
+def test_a_thread_that_comes_and_goes_is_no_growth_and_a_leak_is():
+    """The hour's worker: threads 13 to 16 all through (a pool), one more in the last window; memory that climbs."""
+    pool = series([225.3] * 12, [85] * 12, [16, 14, 15, 15, 14, 14, 13, 14, 14, 13, 14, 15])
+    assert growth(pool, 5, 0.05) == []  # medians of 5 windows: 15 at window 5, 14 at the end
+    assert growth(pool, 5, 0.05, span=1) == ["worker 7: threads 14 -> 15 (+7.1%)"]  # one window alone
+    leak = series([200, 201, 202, 203, 204, 206, 208, 210, 212, 214, 216, 218], [85] * 12, [14] * 12)
+    assert growth(leak, 5, 0.05) == ["worker 7: rss_mb 202 -> 214 (+5.9%)"]
 
 
 def test_a_windows_high_water_mark_is_the_highest_of_its_samples():
