@@ -412,9 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     requests = prepared(images)
     with running_service(env={"CAPSNET_MODEL": str(args.model.resolve())}, log=args.out / "service.log") as service:
         report = asyncio.run(soak(service.url, service.pid, requests, args))
+    code = verdict(report, args.out / "soak.png")
     (args.out / "soak.json").write_text(json.dumps(report, indent=1) + "\n")
     print(f"report: {args.out / 'soak.json'}, plot: {args.out / 'soak.png'}")
-    return verdict(report, args.out / "soak.png")
+    return code
 
 
 def verdict(report: dict, plot_path: Path) -> int:
