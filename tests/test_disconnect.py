@@ -18,7 +18,7 @@ from tests.conftest import SERVICE_ENV
 
 ROUNDS, LEAVING = 20, 50  # 1,000 clients that leave, 50 at a time
 DIGITS = 8  # per leaving request
-BLOCKERS, BLOCKER_DIGITS = 4, 256  # per round: requests that keep the model busy meanwhile (each runs alone)
+BLOCKERS, BLOCKER_DIGITS = 4, 128  # per round: requests that keep the model busy meanwhile (each runs alone)
 BOUND_S = 120  # how long to wait for an event before calling it a hang
 
 
