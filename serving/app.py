@@ -22,13 +22,12 @@ import mimetypes
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 
-from serving.framework import GONE, any_method, cors, static_file
+from serving.framework import any_method, cancelled_when_gone, cors, static_file
 from serving.access import CHALLENGE, refusal
 from serving.errors import JSON_TYPE, NotAllowed, answered, error_message, error_response
 from serving.lifecycle import Drain
@@ -217,13 +216,12 @@ def replayed(body: bytes, receive: Receive) -> Receive:
 
 async def answer_unless_gone(app: Callable, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
     """app's answer to a request whose body is read, cancelled if its client leaves before the answer starts (the
-    protocol calls the cancel that the scope holds: serving/framework.py, GONE); a request still waiting for its
+    protocol calls the cancel that the scope holds: serving/framework.py, cancelled_when_gone); a request still waiting for its
     batch then leaves the queue without running (serving/batching.py). An answer already started is finished.
     A cancelled request is still answered, 499 (as nginx names a client that closed first), which uvicorn drops
     for a gone client: BentoML's layers above wait for a request's first message (its timeout middleware, until
     the traffic timeout) and count its status in /metrics."""
-    with anyio.CancelScope() as cancel:
-        scope[GONE] = cancel.cancel
+    with cancelled_when_gone(scope) as cancel:
         await app(scope, replayed(body, receive), send)
     if cancel.cancelled_caught:
         await reply(send, CLIENT_CLOSED, "the client closed the connection before the answer")

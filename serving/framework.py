@@ -11,7 +11,7 @@ fails loudly instead of quietly serving without a patch.
        connection is closed. A request that has arrived whole may take as long as it needs;
      - a worker holds at most `max_connections` open connections (CAPSNET_MAX_CONNECTIONS); one more is closed;
      - a client that leaves before its answer starts: uvicorn marks the request disconnected and lets the app
-       run on; the protocol calls what the request's ASGI scope holds under GONE (serving/app.py puts its cancel
+       run on; the protocol calls what the request's ASGI scope holds under GONE (cancelled_when_gone puts a cancel
        scope's `cancel` there), so that a request still waiting for its batch is dropped.
    BentoML builds uvicorn's config itself and passes no protocol class, so `guard_connections` points
    uvicorn's "auto" entry of `uvicorn.config.HTTP_PROTOCOLS` at it, at the service's import.
@@ -40,13 +40,16 @@ fails loudly instead of quietly serving without a patch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import signal
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+import anyio
 
 from uvicorn import config as uvicorn_config
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
@@ -58,6 +61,15 @@ CLIENT_ERROR_WINDOW_S = 10.0  # ... then one line saying how many more there wer
 RESPAWN_CHECK_S = 0.5  # how often the process manager restarts dead workers (BentoML's default: 10 s)
 
 GONE = "capsnet.gone"  # an ASGI scope key: what to call when the request's client leaves before its answer starts
+
+
+@contextlib.contextmanager
+def cancelled_when_gone(scope: dict) -> Iterator[anyio.CancelScope]:
+    """A cancel scope that GuardedHTTPProtocol cancels when the request's client leaves before its answer starts
+    (its cancel held in the scope under GONE)."""
+    with anyio.CancelScope() as cancel:
+        scope[GONE] = cancel.cancel
+        yield cancel
 _BODY = error_message("the request did not arrive in time")
 TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
              b"content-length: %d\r\n\r\n%s" % (len(_BODY), _BODY))
